@@ -36,7 +36,9 @@ class Site(str, Enum):
     q, k, v: projections per head [batch, pos, head|kv_head, d_head] (before RoPE);
     z: per-head input of the attention output projection [batch, pos, head, d_head];
     result: z_h @ W_O[h] [batch, pos, head, d_model];
-    resid: residual stream before each layer and after the last [batch, pos, d_model].
+    resid: residual stream before each layer and after the last [batch, pos, d_model];
+    attn_out: attention block output (incl. projection bias) [batch, pos, d_model];
+    mlp_out: MLP output [batch, pos, d_model].
     """
 
     PATTERN = "pattern"
@@ -46,3 +48,5 @@ class Site(str, Enum):
     Z = "z"
     RESULT = "result"
     RESID = "resid"
+    ATTN_OUT = "attn_out"
+    MLP_OUT = "mlp_out"

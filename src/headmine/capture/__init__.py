@@ -1,0 +1,7 @@
+"""Capture: hooks in, typed records out."""
+
+from headmine.capture.records import CaptureRecord as CaptureRecord
+from headmine.capture.records import CaptureSpec as CaptureSpec
+from headmine.capture.run import capture_reduce as capture_reduce
+from headmine.capture.run import capturing as capturing
+from headmine.capture.run import run_capture as run_capture

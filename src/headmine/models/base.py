@@ -1,0 +1,207 @@
+"""The model adapter contract: where the attention pieces live and how to slice weights per head.
+
+An adapter is the ONLY code that knows HuggingFace module paths. Each family subclasses
+``ModelAdapter`` in its own small file, sets the module paths, and overrides weight slicing where
+the layout differs (GPT-2's Conv1D is transposed; GPT-NeoX fuses q/k/v per head).
+
+Weight conventions (TransformerLens vocabulary): ``W_Q[l]`` is ``[head, d_model, d_head]``,
+``W_K[l]``/``W_V[l]`` are ``[kv_head, d_model, d_head]``, ``W_O[l]`` is ``[head, d_head, d_model]``,
+``W_U`` is ``[d_model, vocab]``. Raw projection weights: RoPE, q/k norms (Gemma 3) and OPT's query
+scaling are applied by the model after these projections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from headmine.core.errors import HeadIndexError, UnsupportedModelError
+from headmine.core.ids import HeadId, Site
+from headmine.core.registry import Registry
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadGeometry:
+    """Shape of the attention stack. A query head is the unit; ``kv_head_of`` maps it to its KV head."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    vocab_size: int
+    n_ctx: int
+
+    def kv_head_of(self, head: int) -> int:
+        """KV head shared by query ``head`` (HF's ``repeat_kv``: consecutive query heads share one)."""
+        return head // (self.n_heads // self.n_kv_heads)
+
+    @property
+    def n_total_heads(self) -> int:
+        return self.n_layers * self.n_heads
+
+    def heads(self) -> list[HeadId]:
+        return [HeadId(layer, head) for layer in range(self.n_layers) for head in range(self.n_heads)]
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise HeadIndexError(
+                f"layer {layer} is out of range: this model has layers 0..{self.n_layers - 1}",
+                "use a 0-indexed layer below the model's layer count (see `headmine info MODEL`)",
+            )
+
+    def check_head(self, layer: int, head: int) -> None:
+        self.check_layer(layer)
+        if not 0 <= head < self.n_heads:
+            raise HeadIndexError(
+                f"head {head} in layer {layer} is out of range: each layer has heads 0..{self.n_heads - 1}",
+                "use a 0-indexed query head below the model's head count (see `headmine info MODEL`)",
+            )
+
+
+# (module, function mapping that module's output to [batch, pos, n, d_head])
+QKVHookPoint = tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _get(root: nn.Module, path: str) -> Any:
+    obj: Any = root
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+class ModelAdapter:
+    """Uniform per-head access to one HF model. Subclasses set the class attributes."""
+
+    families: ClassVar[tuple[str, ...]] = ()
+    is_causal: ClassVar[bool] = True
+    layers_path: ClassVar[str]
+    attn_name: ClassVar[str]  # attention module under a layer; returns (attn_output, attn_weights)
+    out_proj_name: ClassVar[str]  # output projection under a layer; its input is concat_h z[h]
+    mlp_name: ClassVar[str | None] = "mlp"
+    final_norm_path: ClassVar[str | None] = None
+    embed_path: ClassVar[str]
+    unembed_path: ClassVar[str | None] = "lm_head"
+    qkv_names: ClassVar[tuple[str, str, str] | None] = ("q_proj", "k_proj", "v_proj")  # under attn
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+        self.geometry = self._geometry(self.config)
+
+    # ---- geometry -------------------------------------------------------------------------
+    def _geometry(self, config: Any) -> HeadGeometry:
+        n_heads = config.num_attention_heads
+        d_model = config.hidden_size
+        return HeadGeometry(
+            n_layers=config.num_hidden_layers,
+            n_heads=n_heads,
+            n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+            d_head=getattr(config, "head_dim", None) or d_model // n_heads,
+            d_model=d_model,
+            vocab_size=config.vocab_size,
+            n_ctx=getattr(config, "max_position_embeddings", None) or 2048,
+        )
+
+    # ---- modules ----------------------------------------------------------------------------
+    def layers(self) -> list[nn.Module]:
+        return list(_get(self.model, self.layers_path))
+
+    def layer(self, layer: int) -> nn.Module:
+        self.geometry.check_layer(layer)
+        return _get(self.model, self.layers_path)[layer]
+
+    def attention(self, layer: int) -> nn.Module:
+        return _get(self.layer(layer), self.attn_name)
+
+    def out_proj(self, layer: int) -> nn.Module:
+        return _get(self.layer(layer), self.out_proj_name)
+
+    def mlp(self, layer: int) -> nn.Module | None:
+        return _get(self.layer(layer), self.mlp_name) if self.mlp_name else None
+
+    def final_norm(self) -> nn.Module | None:
+        return _get(self.model, self.final_norm_path) if self.final_norm_path else None
+
+    def embedding(self) -> nn.Module:
+        return _get(self.model, self.embed_path)
+
+    def unembedding(self) -> nn.Module | None:
+        return _get(self.model, self.unembed_path) if self.unembed_path else None
+
+    def qkv_hook_points(self, layer: int) -> dict[Site, QKVHookPoint]:
+        """Modules whose outputs give q, k, v per head (before RoPE / q-k norms)."""
+        assert self.qkv_names is not None
+        g, attn = self.geometry, self.attention(layer)
+        out: dict[Site, QKVHookPoint] = {}
+        for site, name, n in zip((Site.Q, Site.K, Site.V), self.qkv_names, (g.n_heads, g.n_kv_heads, g.n_kv_heads), strict=False):
+            out[site] = (_get(attn, name), lambda t, n=n: t.unflatten(-1, (n, g.d_head)))
+        return out
+
+    # ---- weights ----------------------------------------------------------------------------
+    def _linear_in_heads(self, linear: nn.Module, n: int) -> torch.Tensor:
+        """nn.Linear weight [n*d_head, d_model] -> [n, d_model, d_head]."""
+        w = linear.weight
+        return w.view(n, self.geometry.d_head, w.shape[-1]).transpose(1, 2)
+
+    def W_Q(self, layer: int) -> torch.Tensor:
+        return self._linear_in_heads(_get(self.attention(layer), self.qkv_names[0]), self.geometry.n_heads)
+
+    def W_K(self, layer: int) -> torch.Tensor:
+        return self._linear_in_heads(_get(self.attention(layer), self.qkv_names[1]), self.geometry.n_kv_heads)
+
+    def W_V(self, layer: int) -> torch.Tensor:
+        return self._linear_in_heads(_get(self.attention(layer), self.qkv_names[2]), self.geometry.n_kv_heads)
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        """[head, d_head, d_model]: head h's slice of the output projection."""
+        g = self.geometry
+        w = self.out_proj(layer).weight  # nn.Linear: [d_model, H*d_head]
+        return w.T.reshape(g.n_heads, g.d_head, w.shape[0])
+
+    def b_O(self, layer: int) -> torch.Tensor | None:
+        return getattr(self.out_proj(layer), "bias", None)
+
+    def W_U(self) -> torch.Tensor:
+        """[d_model, vocab]."""
+        unembed = self.unembedding()
+        if unembed is None:
+            raise UnsupportedModelError(f"{type(self.model).__name__} has no unembedding (it is an encoder)")
+        return unembed.weight.T
+
+    def W_E(self) -> torch.Tensor:
+        """[vocab, d_model] (before any embedding scale such as Gemma's sqrt(d_model))."""
+        return self.embedding().weight
+
+    def per_query_head(self, w_kv: torch.Tensor) -> torch.Tensor:
+        """Expand a [kv_head, ...] tensor to [head, ...] with the model's GQA mapping."""
+        index = torch.tensor([self.geometry.kv_head_of(h) for h in range(self.geometry.n_heads)])
+        return w_kv[index.to(w_kv.device)]
+
+
+ADAPTERS: Registry[type[ModelAdapter]] = Registry("model family", UnsupportedModelError)
+
+
+def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Class decorator: register an adapter under each ``config.model_type`` in ``cls.families``."""
+    ADAPTERS.register(*cls.families)(cls)
+    return cls
+
+
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    """The adapter for ``model``, chosen by ``config.model_type``."""
+    from headmine.models import families  # noqa: F401  (registers the built-in adapters)
+
+    model_type = getattr(model.config, "model_type", "?")
+    if model_type not in ADAPTERS:
+        raise UnsupportedModelError(
+            f"no headmine adapter for model family {model_type!r}; supported: {', '.join(ADAPTERS.names())}",
+            "add one: copy src/headmine/models/llama.py (separate q/k/v projections) or gpt2.py (fused, "
+            "Conv1D), set the module paths and `families = (\"" + model_type + "\",)`, and import it in "
+            "models/families.py; the conformance suite in tests/adapters then checks it",
+        )
+    return ADAPTERS.get(model_type)(model)

