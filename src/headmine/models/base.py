@@ -192,10 +192,16 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
     return cls
 
 
+def supported_families() -> list[str]:
+    """``config.model_type`` values with a registered adapter (built-ins included)."""
+    from headmine.models import families  # noqa: F401  (importing registers the built-in adapters)
+
+    return ADAPTERS.names()
+
+
 def adapter_for(model: nn.Module) -> ModelAdapter:
     """The adapter for ``model``, chosen by ``config.model_type``."""
-    from headmine.models import families  # noqa: F401  (registers the built-in adapters)
-
+    supported_families()
     model_type = getattr(model.config, "model_type", "?")
     if model_type not in ADAPTERS:
         raise UnsupportedModelError(

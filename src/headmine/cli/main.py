@@ -1,0 +1,26 @@
+"""The `headmine` command. Each command group lives in its own module with a ``register(app)``."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="headmine",
+    help="Attention head mining: detect, causally test and catalogue what every attention head does.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+COMMAND_MODULES = [
+    "headmine.cli.info",
+]
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Orchestration only: load -> capture -> score -> store."""

@@ -1,0 +1,116 @@
+"""Adapter conformance: every registered family, MHA/GQA/MQA, tiny random weights, exact invariants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from headmine.capture import CaptureSpec, run_capture
+from headmine.causal import Gate, Zero, intervening
+from headmine.core.errors import HeadIndexError, UnsupportedModelError
+from headmine.core.ids import HeadId, Site
+from headmine.models.base import adapter_for, supported_families
+from headmine.pipeline import doctor
+from tests.tiny_models import CONFIGS, VOCAB, tiny_model
+
+NAMES = sorted(CONFIGS)
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def model(request):
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (3, 10), generator=g)
+    return ids, torch.ones_like(ids)
+
+
+def test_every_registered_family_has_a_tiny_config():
+    covered = {CONFIGS[n]().model_type for n in NAMES}
+    families = {"llama", "mistral", "qwen2", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "opt", "bert"}
+    assert families <= covered
+    assert families <= set(supported_families())
+
+
+@pytest.mark.parametrize(
+    "check",
+    [doctor.check_gate_identity, doctor.check_hooks_removed, doctor.check_zero_equals_weight_surgery,
+     doctor.check_results_sum, doctor.check_patterns, doctor.check_gqa_mapping],
+    ids=lambda c: c.__name__,
+)
+def test_doctor_checks(model, batch, check):
+    result = check(model, *batch)
+    assert result.passed, f"{model.name}: {result.name} -> {result.value} ({result.detail})"
+
+
+def test_gate_identity_is_bitwise(model, batch):
+    ids, mask = batch
+    plain = model.forward(ids, mask)
+    g = model.geometry
+    with torch.no_grad(), intervening(model, [Gate(factors=torch.ones(g.n_layers, g.n_heads))]):
+        gated = model.model(input_ids=ids, attention_mask=mask)
+    gated = gated.logits if hasattr(gated, "logits") else gated.last_hidden_state
+    assert torch.equal(plain, gated)
+
+
+def test_hooks_removed_after_exception_inside_capture(model, batch):
+    from headmine.capture import capturing
+    from headmine.capture.hooks import count_hooks
+
+    before = count_hooks(model.model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with capturing(model, CaptureSpec(sites={Site.PATTERN, Site.Z, Site.RESID}), *batch):
+            raise RuntimeError("boom")
+    assert count_hooks(model.model) == before
+
+
+def test_gqa_mapping_matches_repeat_kv(model):
+    g = model.geometry
+    groups = g.n_heads // g.n_kv_heads
+    assert [g.kv_head_of(h) for h in range(g.n_heads)] == [h // groups for h in range(g.n_heads)]
+    w_k = model.adapter.W_K(0)
+    assert w_k.shape == (g.n_kv_heads, g.d_model, g.d_head)
+    assert model.adapter.W_Q(0).shape == (g.n_heads, g.d_model, g.d_head)
+    assert model.adapter.W_O(0).shape == (g.n_heads, g.d_head, g.d_model)
+
+
+def test_qkv_capture_matches_weight_slices(model, batch):
+    """q from hooks equals resid_pre-normalised input times the adapter's W_Q slice (checked via the q module input)."""
+    rec = run_capture(model, CaptureSpec(sites={Site.Q, Site.K, Site.V}, layers=(1,)), *batch)
+    g = model.geometry
+    assert rec.q[1].shape == (3, 10, g.n_heads, g.d_head)
+    assert rec.k[1].shape == (3, 10, g.n_kv_heads, g.d_head)
+
+
+def test_selection_by_head_and_query_position(model, batch):
+    heads = (HeadId(1, 2), HeadId(2, 0))
+    full = run_capture(model, CaptureSpec(sites={Site.PATTERN, Site.Z}), *batch)
+    sel = run_capture(model, CaptureSpec(sites={Site.PATTERN, Site.Z}, heads=heads, query_positions=(4, 9)), *batch)
+    assert sorted(sel.pattern) == [1, 2]
+    assert torch.equal(sel.pattern[1][:, 0], full.pattern[1][:, 2, [4, 9]])
+    assert torch.equal(sel.z[2][:, :, 0], full.z[2][:, [4, 9], 0])
+    last = run_capture(model, CaptureSpec(sites={Site.Z}, heads=heads, query_positions="last"), *batch)
+    assert torch.equal(last.z[1][:, 0, 0], full.z[1][:, 9, 2])
+
+
+def test_out_of_range_head_is_a_clear_error(model, batch):
+    g = model.geometry
+    with pytest.raises(HeadIndexError, match="out of range"):
+        run_capture(model, CaptureSpec(sites={Site.Z}, heads=(HeadId(g.n_layers, 0),)), *batch)
+    with pytest.raises(HeadIndexError, match="heads 0.."):
+        with intervening(model, [Zero(heads=(HeadId(0, g.n_heads),))]):
+            pass
+
+
+def test_unknown_family_names_supported_ones():
+    class Fake(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"model_type": "mamba"})()
+
+    with pytest.raises(UnsupportedModelError, match=r"mamba.*supported: .*llama") as err:
+        adapter_for(Fake())
+    assert "add one" in str(err.value)
