@@ -1,0 +1,55 @@
+"""Attention-sink heads (survey: Active-Dormant Head / Streaming Head; Gu et al. 2025), on natural text.
+
+``attention_sink``: alpha_first = mean over real query rows i >= 1 of ``A[i, 0]`` (the mass on
+the first token; row 0 is skipped since it can only attend to itself). A head is a sink head when
+alpha_first > epsilon = 0.3. Whether a sink head is *dormant* (moving all its attention to the
+first token leaves the output unchanged) needs interventions, so the scan measures it in its
+causal step (method ``dormant``, metric ``kl_move_to_first``) for the top sink heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from headmine.capture.records import CaptureRecord
+from headmine.core.ids import Site
+from headmine.detectors.base import (
+    BatchScores,
+    Detector,
+    empty_scores,
+    n_layers_heads,
+    query_positions,
+    register,
+    require_site,
+    survey_tag,
+)
+
+EPSILON = 0.3
+
+
+def score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -> BatchScores:
+    """Mean attention on key 0 over real query rows >= 1, per sequence."""
+    patterns = require_site(record, Site.PATTERN, "attention_sink")
+    n_layers, n_heads = n_layers_heads(record, meta)
+    mask = record.attention_mask.cpu().bool()
+    b = mask.shape[0]
+    rows = torch.arange(b)[:, None]
+    out = empty_scores(b, n_layers, n_heads)
+    for layer, a in patterns.items():
+        a = a.detach().cpu().to(torch.float32)
+        qpos = query_positions(record, a.shape[2])
+        elig = ((qpos >= 1) & mask[rows, qpos]).to(a.dtype)
+        val = (a[..., 0] * elig[:, None]).sum(-1) / elig.sum(-1).clamp_min(1)[:, None]
+        val[elig.sum(-1) == 0] = float("nan")
+        out[:, layer, record.heads[layer]] = val.to(torch.float64)
+    return BatchScores(out)
+
+
+_type, _stage = survey_tag("Active-Dormant Head", "In-Context Identification")
+DETECTOR = register(Detector(
+    name="attention_sink", head_type=_type, stage=_stage, task="natural_text", sites=frozenset({Site.PATTERN}),
+    score=score, threshold=EPSILON, definition="mean attention on the first token (alpha_first)",
+))

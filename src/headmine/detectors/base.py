@@ -1,0 +1,258 @@
+"""What a detector is, the registry, streaming accumulation and the template helpers.
+
+A detector is a pure function ``score(record, meta, weights) -> BatchScores`` of one capture
+record (plus the batch metadata of its probe task and, for OV/QK circuit scores, a
+``CircuitWeights`` object holding weight tensors). It never sees the model and registers no hook.
+``BatchScores.values`` is ``[item, layer, head]`` with NaN where a cell was not measured (a layer
+absent from the record, a sequence with no eligible position); the scan sums values, squares and
+counts per cell across batches (``ScoreAccumulator``) so a dataset never sits in memory, and
+``finalize`` turns the sums into the tidy table of ``headmine.core.tables``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from headmine.capture.records import CaptureRecord
+from headmine.core.errors import DetectorError
+from headmine.core.ids import Site
+from headmine.core.registry import Registry
+from headmine.core.tables import SCORE_COLUMNS, scores_frame
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """Per-item scores of one batch: ``values`` [item, layer, head] (NaN = not measured)."""
+
+    values: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.values.dim() != 3:
+            raise DetectorError(f"BatchScores.values must be [item, layer, head], got {tuple(self.values.shape)}")
+
+
+ScoreFn = Callable[[CaptureRecord, Mapping[str, Any], Any], BatchScores]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Detector:
+    """A registered head score.
+
+    Attributes:
+        name: registry name (also the ``method`` column of the score table).
+        head_type: the survey's canonical head-type name this score looks for.
+        stage: the survey stage of that head type.
+        task: the probe task whose capture pass it reads.
+        sites: capture sites it reads (the scan captures the union per task).
+        score: the pure scoring function.
+        threshold: score above which a head is labelled with ``head_type``.
+        needs_weights: whether ``score`` needs a ``CircuitWeights`` object.
+        higher_is_stronger: False for scores where the type shows as a low value.
+        metric: the ``metric`` column of the table.
+        definition: one line saying what the number is.
+    """
+
+    name: str
+    head_type: str
+    stage: str
+    task: str
+    sites: frozenset[Site]
+    score: ScoreFn = field(repr=False)
+    threshold: float
+    needs_weights: bool = False
+    metric: str = "score"
+    definition: str = ""
+    capture_layers: str = "all"  # "all", or "first" (only the first layer's output: successor/copy suppression)
+
+    def __call__(self, record: CaptureRecord, meta: Mapping[str, Any] | None = None, weights: Any = None) -> pd.DataFrame:
+        """Score one record and return the tidy table (mean over items, n, stderr)."""
+        acc = ScoreAccumulator()
+        acc.add(self.score(record, meta or {}, weights))
+        return acc.finalize(method=self.name, metric=self.metric)
+
+
+DETECTORS: Registry[Detector] = Registry("detector", DetectorError)
+
+
+def register(detector: Detector) -> Detector:
+    """Register a detector under its name and return it."""
+    DETECTORS.register(detector.name)(detector)
+    return detector
+
+
+def get_detector(name: str) -> Detector:
+    """The detector called ``name`` (DetectorError listing the known names otherwise)."""
+    return DETECTORS.get(name)
+
+
+def resolve_detectors(names: list[str] | tuple[str, ...] | None) -> list[Detector]:
+    """Detectors by name (all when None), unknown names rejected before anything runs."""
+    if not names:
+        return [d for _, d in DETECTORS.items()]
+    out: list[Detector] = []
+    for name in names:
+        det = get_detector(name.strip())
+        if det not in out:
+            out.append(det)
+    return out
+
+
+class ScoreAccumulator:
+    """Streaming per-cell sums over batches: value, value squared, count (NaN cells skipped)."""
+
+    def __init__(self) -> None:
+        self.sum: torch.Tensor | None = None
+        self.sumsq: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
+
+    def add(self, scores: BatchScores) -> None:
+        v = scores.values.detach().to(torch.float64).cpu()
+        ok = ~torch.isnan(v)
+        v0 = torch.where(ok, v, torch.zeros_like(v))
+        s, sq, c = v0.sum(0), (v0 * v0).sum(0), ok.sum(0)
+        if self.sum is None:
+            self.sum, self.sumsq, self.count = s, sq, c
+        else:
+            if self.sum.shape != s.shape:
+                raise DetectorError(f"batch scores of shape {tuple(s.shape)} do not match earlier {tuple(self.sum.shape)}")
+            self.sum += s
+            self.sumsq += sq
+            self.count += c
+
+    def mean_stderr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.sum is None or self.sumsq is None or self.count is None:
+            raise DetectorError("no batch was scored", "give the scan at least one sequence")
+        n = self.count.to(torch.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (self.sum / n).numpy()
+            var = ((self.sumsq / n).numpy() - mean**2) * (n / (n - 1)).numpy()
+            stderr = np.sqrt(np.clip(var, 0, None) / n.numpy())
+        stderr[n.numpy() < 2] = np.nan
+        return mean, stderr, self.count.numpy()
+
+    def finalize(self, *, method: str, metric: str = "score") -> pd.DataFrame:
+        """Tidy table: one row per (layer, head), mean over items, n = items counted, stderr."""
+        mean, stderr, count = self.mean_stderr()
+        rows = [
+            {"layer": layer, "head": head, "method": method, "metric": metric, "value": mean[layer, head],
+             "n": int(count[layer, head]), "stderr": stderr[layer, head]}
+            for layer in range(mean.shape[0]) for head in range(mean.shape[1])
+        ]
+        return scores_frame(rows) if rows else pd.DataFrame(columns=SCORE_COLUMNS)
+
+
+# --------------------------------------------------------------------------- helpers for scores
+def n_layers_heads(record: CaptureRecord, meta: Mapping[str, Any]) -> tuple[int, int]:
+    """Geometry of the score matrix: ``meta['n_layers']``/``meta['n_heads']`` if given, else from the record."""
+    if "n_layers" in meta and "n_heads" in meta:
+        return int(meta["n_layers"]), int(meta["n_heads"])
+    layers = [layer for layer in record.heads if record.heads[layer]]
+    if not layers:
+        raise DetectorError("the capture record holds no head", "capture at least one layer")
+    return max(layers) + 1, max(max(h) for h in record.heads.values() if h) + 1
+
+
+def empty_scores(n_items: int, n_layers: int, n_heads: int) -> torch.Tensor:
+    return torch.full((n_items, n_layers, n_heads), float("nan"), dtype=torch.float64)
+
+
+def require_site(record: CaptureRecord, site: Site, detector: str) -> dict[int, torch.Tensor]:
+    per_layer = record.site(site)
+    if not per_layer:
+        raise DetectorError(f"detector {detector!r} needs the {site.value} site, which the record lacks",
+                            f"capture with CaptureSpec(sites={{Site.{site.name}, ...}})")
+    return per_layer
+
+
+def query_positions(record: CaptureRecord, n_q: int) -> torch.Tensor:
+    """LongTensor [batch, n_q]: the sequence position of each captured query row."""
+    b = record.input_ids.shape[0]
+    qi = record.query_index
+    if qi is None:
+        return torch.arange(n_q).expand(b, n_q)
+    qi = qi.cpu()
+    return qi.expand(b, n_q) if qi.dim() == 1 else qi
+
+
+def template_score(record: CaptureRecord, template: torch.Tensor, meta: Mapping[str, Any], *,
+                   exclude_bos: bool = True, exclude_current: bool = False, detector: str = "") -> BatchScores:
+    """The TransformerLens "mul" score restricted to eligible query rows, per sequence.
+
+    ``template`` is Bool [batch, T, T] (query i, key j), True where the head type should attend.
+    Eligible rows are real query tokens whose template row has at least one target. Per sequence
+    b and head: ``sum_{i eligible, j} A_ij P_ij / sum_{i eligible, j} A_ij``, after zeroing key
+    column 0 (``exclude_bos``) and the diagonal (``exclude_current``) in both A and P. A perfect
+    pattern scores 1; a row spread uniformly over n keys that include its one target scores 1/n.
+    """
+    patterns = require_site(record, Site.PATTERN, detector)
+    n_layers, n_heads = n_layers_heads(record, meta)
+    mask = record.attention_mask.cpu().bool()
+    b, t = mask.shape
+    p = template.cpu().bool() & mask[:, None, :] & mask[:, :, None]
+    if exclude_bos:
+        p[:, :, 0] = False
+    if exclude_current:
+        p &= ~torch.eye(t, dtype=torch.bool)
+    out = empty_scores(b, n_layers, n_heads)
+    for layer, a in patterns.items():
+        a = a.detach().cpu().to(torch.float32)  # [b, h, q, k]
+        qpos = query_positions(record, a.shape[2])
+        rows = torch.arange(b)[:, None]
+        p_q = p[rows, qpos]  # [b, q, k]
+        keys = mask[:, None, :].expand_as(p_q).clone()
+        if exclude_bos:
+            keys[:, :, 0] = False
+        if exclude_current:
+            keys &= qpos[:, :, None] != torch.arange(t)[None, None, :]
+        eligible = p_q.any(-1) & mask[rows, qpos]  # [b, q]
+        w = a * keys[:, None].to(a.dtype)
+        w = w * eligible[:, None, :, None].to(a.dtype)
+        num = (w * p_q[:, None].to(a.dtype)).sum((-1, -2))
+        den = w.sum((-1, -2))
+        val = torch.where(den > 0, num / den.clamp_min(1e-30), torch.full_like(num, float("nan")))
+        out[:, layer, record.heads[layer]] = val.to(torch.float64)
+    return BatchScores(out)
+
+
+def previous_template(input_ids: torch.Tensor) -> torch.Tensor:
+    t = input_ids.shape[1]
+    eye = torch.zeros(t, t, dtype=torch.bool)
+    idx = torch.arange(1, t)
+    eye[idx, idx - 1] = True
+    return eye.expand(input_ids.shape[0], t, t)
+
+
+def duplicate_template(input_ids: torch.Tensor) -> torch.Tensor:
+    """P[b, i, j] = tok_j == tok_i and j < i."""
+    ids = input_ids.cpu()
+    t = ids.shape[1]
+    same = ids[:, :, None] == ids[:, None, :]
+    return same & torch.ones(t, t, dtype=torch.bool).tril(-1)
+
+
+def induction_template(input_ids: torch.Tensor) -> torch.Tensor:
+    """P[b, i, j] = tok_{j-1} == tok_i and j - 1 < i (the token after an earlier copy)."""
+    ids = input_ids.cpu()
+    b, t = ids.shape
+    out = torch.zeros(b, t, t, dtype=torch.bool)
+    dup = ids[:, :, None] == ids[:, None, :]  # [b, i, j'] with j' = j - 1
+    lower = torch.ones(t, t, dtype=torch.bool).tril(-1)
+    out[:, :, 1:] = (dup & lower)[:, :, : t - 1]
+    return out
+
+
+def survey_tag(head_type: str, fallback_stage: str) -> tuple[str, str]:
+    """(canonical name, stage) from the atlas catalog; the given names if the catalog lacks them."""
+    try:
+        from headmine.atlas.catalog import head_type_info
+
+        info = head_type_info(head_type)
+        return info.name, info.stage
+    except Exception:  # the catalog is optional for scoring
+        return head_type, fallback_stage

@@ -1,0 +1,36 @@
+"""Previous-token heads (survey: Previous Token Head, In-Context Identification).
+
+Score: TransformerLens "mul" template score with ``P[i, i-1] = 1`` on real tokens, key 0
+excluded (it is the attention sink; see ``template_score``). Read on natural text, where the
+survey and Olsson et al. define the type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from headmine.capture.records import CaptureRecord
+from headmine.core.ids import Site
+from headmine.detectors.base import (
+    BatchScores,
+    Detector,
+    previous_template,
+    register,
+    survey_tag,
+    template_score,
+)
+
+NAME = "previous_token"
+
+
+def score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -> BatchScores:
+    """Fraction of (non-first-token) attention that goes to the previous token, per sequence."""
+    return template_score(record, previous_template(record.input_ids), meta, exclude_bos=True, detector=NAME)
+
+
+_type, _stage = survey_tag("Previous Token Head", "In-Context Identification")
+DETECTOR = register(Detector(
+    name=NAME, head_type=_type, stage=_stage, task="natural_text", sites=frozenset({Site.PATTERN}),
+    score=score, threshold=0.4, definition="attention mass on position i-1 (key 0 excluded)",
+))

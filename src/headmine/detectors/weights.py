@@ -1,0 +1,56 @@
+"""Weight tensors for OV/QK circuit scores, passed to detectors instead of the model.
+
+``CircuitWeights`` holds per-query-head weights stacked over layers, the unembedding with the
+final norm's gain folded in, and the gain of each layer's attention-input norm. Norms are applied
+as RMS (Llama family) or LayerNorm (centre, then scale) according to ``norm_kind``. RoPE and
+q/k norms are not applied: QK scores computed from these weights are position-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, kw_only=True)
+class CircuitWeights:
+    """W_Q/W_K/W_V: [layer, head, d_model, d_head] (K and V repeated per query head);
+    W_O: [layer, head, d_head, d_model]; W_U: [d_model, vocab] with the final norm gain folded in;
+    attn_norm_gain: [layer, d_model] (ones when the norm has no gain); norm_kind: "rms" or "layer"."""
+
+    W_Q: torch.Tensor
+    W_K: torch.Tensor
+    W_V: torch.Tensor
+    W_O: torch.Tensor
+    W_U: torch.Tensor
+    attn_norm_gain: torch.Tensor
+    norm_kind: str = "rms"
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.W_O.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.W_O.shape[1])
+
+    def normalize(self, x: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the model's norm shape (no epsilon subtleties): centre for LayerNorm, then unit RMS."""
+        x = x.to(torch.float32)
+        if self.norm_kind == "layer":
+            x = x - x.mean(-1, keepdim=True)
+        x = x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+        return x if gain is None else x * gain.to(x.dtype)
+
+    def ov(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Each head's output for residual rows ``x`` [n, d_model] read through its OV circuit:
+        [head, n, d_model] (input normed with the layer's attention-norm gain)."""
+        xn = self.normalize(x, self.attn_norm_gain[layer])
+        v = torch.einsum("nm,hmd->hnd", xn, self.W_V[layer].to(xn.dtype))
+        return torch.einsum("hnd,hdm->hnm", v, self.W_O[layer].to(xn.dtype))
+
+    def logits(self, out: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Direct-path logits of head outputs ``out`` [..., d_model] for ``token_ids`` only,
+        through the final norm (linearised: each output normed on its own)."""
+        return self.normalize(out) @ self.W_U[:, token_ids].to(torch.float32)
