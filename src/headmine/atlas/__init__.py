@@ -1,0 +1,43 @@
+"""The results database (SQLite) and the paper catalog. No torch here.
+
+from headmine.atlas import Atlas, RunRecord, ScoreRow
+with Atlas.open("atlas.db") as db:
+    run_id = db.write_run(RunRecord(kind="scan", model="gpt2"), scores=[...])
+    db.heads(head_type="Induction Head")
+"""
+
+from headmine.atlas.catalog import (
+    STAGES,
+    DetectorLink,
+    HeadType,
+    Paper,
+    canonical_head_type,
+    head_type_info,
+    head_types_for_detector,
+    load_head_types,
+    load_papers,
+)
+from headmine.atlas.export import export_run, read_inputs_export
+from headmine.atlas.schema import SCHEMA_VERSION, InputRow, LabelRow, RunRecord, ScoreRow
+from headmine.atlas.store import Atlas, utc_now
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STAGES",
+    "Atlas",
+    "DetectorLink",
+    "HeadType",
+    "InputRow",
+    "LabelRow",
+    "Paper",
+    "RunRecord",
+    "ScoreRow",
+    "canonical_head_type",
+    "export_run",
+    "head_type_info",
+    "head_types_for_detector",
+    "load_head_types",
+    "load_papers",
+    "read_inputs_export",
+    "utc_now",
+]
