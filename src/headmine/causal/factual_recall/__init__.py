@@ -1,0 +1,48 @@
+"""Factual recall mechanisms (issue 6; METHODS.md §2).
+
+- :func:`answer_trajectory`: logit-lens answer probability/rank after every layer, last-layer drop share.
+- :func:`argument_passing_heads`: path patching with subject swaps, attention to the subject, decoded head output.
+- :func:`decompose_mlp` / :func:`mlp_layer_scan`: MLP output = beta-weighted head outputs + relation intercept.
+- :func:`final_layer_suppression`: final-layer attention to the first token, direct effects, frequency correlation.
+- :func:`choose_mitigation` / :class:`Mitigation` / :func:`mitigated`: an inference-time fix, chosen on a
+  training split, evaluated on held-out facts and relations, saved as JSON + safetensors.
+
+Every analysis takes a fact batch (:mod:`headmine.causal.factual_recall.common`).
+"""
+
+from headmine.causal.factual_recall.argument_passing import (
+    ArgumentPassing,
+    SwapPairs,
+    argument_passing_heads,
+    subject_swaps,
+)
+from headmine.causal.factual_recall.mlp_decomposition import (
+    Intercept,
+    MlpDecomposition,
+    decompose_mlp,
+    mlp_layer_scan,
+)
+from headmine.causal.factual_recall.suppression import (
+    Component,
+    Suppression,
+    final_layer_suppression,
+    token_frequency,
+)
+from headmine.causal.factual_recall.trajectory import Trajectory, answer_trajectory
+
+__all__ = [
+    "ArgumentPassing",
+    "Component",
+    "Intercept",
+    "MlpDecomposition",
+    "Suppression",
+    "SwapPairs",
+    "Trajectory",
+    "answer_trajectory",
+    "argument_passing_heads",
+    "decompose_mlp",
+    "final_layer_suppression",
+    "mlp_layer_scan",
+    "subject_swaps",
+    "token_frequency",
+]

@@ -1,0 +1,222 @@
+"""Argument-passing heads: heads whose output at the last position carries the subject there.
+
+Three measurements per head, then a ranking and a causal check (METHODS.md §2.3; choices ours):
+
+1. **Path patching with subject swaps** (the ranking score). Each prompt is paired with another fact
+   of the same relation whose subject has as many tokens and whose answer differs; the corrupted
+   prompt is the clean prompt with the subject tokens spliced in place (token level, so lengths and
+   positions match). For a sender head, its ``z`` at the prediction position is taken from the
+   corrupted run while every head of later layers is frozen to its clean ``z`` at that position;
+   MLPs recompute. The sender therefore acts only through MLPs and the final readout (the path the
+   paper describes: heads -> MLP -> answer). Score = ``(LD_patched - LD_clean) / (LD_corrupt -
+   LD_clean)`` with ``LD = logit(answer) - logit(partner's answer)`` at the prediction position:
+   the share of the swap effect carried by that path (1 = all of it).
+2. **Attention to the subject**: attention mass from the prediction position to the subject span.
+3. **Decoding the head output**: the head's written output at the prediction position decoded through
+   the final norm gain and unembedding; ``decode_acc`` = share of prompts where the prompt's own
+   subject token (last token of the span) gets the highest logit among the subjects of that relation
+   (chance = 1 / number of subjects).
+
+Causal check: the top-k heads patched together from the corrupted run (total effect at the
+prediction position, all paths) versus k random other heads (mean over draws).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from headmine.capture import CaptureSpec, run_capture
+from headmine.causal import PatchFrom, run_with_interventions
+from headmine.causal.factual_recall.common import (
+    as_list,
+    check_fact_batch,
+    decode_direction,
+    rows_at,
+    written_heads,
+)
+from headmine.core.errors import TaskError
+from headmine.core.ids import HeadId, Site
+from headmine.models.loading import LoadedModel
+from headmine.tasks.base import TokenBatch
+
+
+# --------------------------------------------------------------------------- subject swaps
+@dataclass(frozen=True)
+class SwapPairs:
+    """Clean rows, their subject-swapped counterparts (same length) and the partner answers."""
+
+    clean: TokenBatch
+    corrupted: TokenBatch
+    partner_target: torch.Tensor  # [B]
+    partner_row: list[int]        # row of the original batch the swapped-in subject came from
+
+
+def subject_swaps(batch: TokenBatch, *, seed: int = 0) -> SwapPairs:
+    """Pair every prompt with a same-relation fact whose subject has equally many tokens and a different answer.
+
+    Rows without such a partner are dropped. The corrupted ids are the clean ids with the partner's
+    subject tokens spliced into the subject span (positions and lengths unchanged).
+    """
+    check_fact_batch(batch)
+    rng = random.Random(seed)
+    span = batch.meta["subject_span"]
+    target = batch.meta["target_id"]
+    rel = list(batch.meta["relation"])
+    ids = batch.input_ids
+    keep, partner = [], []
+    for i in range(len(batch)):
+        s, e = int(span[i, 0]), int(span[i, 1])
+        mine = ids[i, s:e].tolist()
+        cands = [j for j in range(len(batch)) if j != i and rel[j] == rel[i]
+                 and int(span[j, 1] - span[j, 0]) == e - s and int(target[j]) != int(target[i])
+                 and ids[j, int(span[j, 0]):int(span[j, 1])].tolist() != mine]
+        if cands:
+            keep.append(i)
+            partner.append(rng.choice(cands))
+    if len(keep) < 2:
+        raise TaskError(
+            f"only {len(keep)} prompts have a same-relation partner with an equally long subject and another answer",
+            "add facts (subjects of equal token length, different answers) to the relations",
+        )
+    clean = batch.select(keep)
+    corrupt_ids = clean.input_ids.clone()
+    for r, (i, j) in enumerate(zip(keep, partner, strict=True)):
+        s, e = int(span[i, 0]), int(span[i, 1])
+        sj = int(span[j, 0])
+        corrupt_ids[r, s:e] = ids[j, sj : sj + (e - s)]
+    corrupted = TokenBatch(input_ids=corrupt_ids, attention_mask=clean.attention_mask.clone(), meta=clean.meta,
+                           texts=None, task=clean.task, params={**clean.params, "variant": "subject_swap"})
+    return SwapPairs(clean, corrupted, target[partner].clone(), partner)
+
+
+# --------------------------------------------------------------------------- analysis
+@dataclass(frozen=True)
+class ArgumentPassing:
+    """Per-head scores [n_layers, n_heads] and the ranked heads.
+
+    ``path_effect``: share of the subject-swap logit-difference change carried by the head's path to
+    MLPs and logits; ``attn_subject``: attention from the prediction position to the subject span;
+    ``decode_acc``: share of prompts where the head's decoded output ranks the own subject first
+    among the relation's subjects (chance ``decode_chance``). ``ranked`` is sorted by path effect.
+    ``check`` holds the causal check of the top-k heads against random heads.
+    """
+
+    path_effect: torch.Tensor
+    attn_subject: torch.Tensor
+    decode_acc: torch.Tensor
+    decode_chance: float
+    ranked: list[HeadId]
+    check: dict[str, Any]
+    ld_clean: float
+    ld_corrupt: float
+    n: int
+
+    def top(self, k: int) -> list[HeadId]:
+        return self.ranked[:k]
+
+    def table(self, k: int = 10) -> list[dict[str, Any]]:
+        return [{"head": str(h), "path_effect": float(self.path_effect[h.layer, h.head]),
+                 "attn_subject": float(self.attn_subject[h.layer, h.head]),
+                 "decode_acc": float(self.decode_acc[h.layer, h.head])} for h in self.ranked[:k]]
+
+
+def _logit_diff(logits: torch.Tensor, end: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    last = rows_at(logits, end).float()
+    return last.gather(1, a.view(-1, 1).to(last.device))[:, 0] - last.gather(1, b.view(-1, 1).to(last.device))[:, 0]
+
+
+def _full_len(z_end: torch.Tensor, end: torch.Tensor, width: int) -> torch.Tensor:
+    """Place [B, H, d] values at each row's ``end`` in a zero [B, T, H, d] tensor (a PatchFrom source)."""
+    out = torch.zeros(z_end.shape[0], width, *z_end.shape[1:], dtype=z_end.dtype)
+    out[torch.arange(z_end.shape[0]), end] = z_end
+    return out
+
+
+def argument_passing_heads(
+    lm: LoadedModel,
+    batch: TokenBatch,
+    *,
+    top_k: int = 3,
+    n_random: int = 5,
+    seed: int = 0,
+    layers: list[int] | None = None,
+) -> ArgumentPassing:
+    """Path-patching sweep over every head (or those of ``layers``), attention and decoding scores, causal check."""
+    pairs = subject_swaps(batch, seed=seed)
+    clean, corrupt = pairs.clean, pairs.corrupted
+    g = lm.geometry
+    L, H = g.n_layers, g.n_heads
+    end = clean.meta["end_pos"]
+    tgt, other = clean.meta["target_id"], pairs.partner_target
+    width = clean.input_ids.shape[1]
+    spec = CaptureSpec(sites=frozenset({Site.Z, Site.RESULT, Site.PATTERN, Site.ATTN_OUT}), query_positions=end)
+    rec_c = run_capture(lm, spec, clean.input_ids, clean.attention_mask)
+    rec_r = run_capture(lm, CaptureSpec(sites=frozenset({Site.Z}), query_positions=end), corrupt.input_ids,
+                        corrupt.attention_mask)
+    ld_c = _logit_diff(rec_c.logits, end, tgt, other)
+    ld_r = _logit_diff(rec_r.logits, end, tgt, other)
+    denom = float((ld_r - ld_c).mean())
+    if abs(denom) < 1e-6:
+        raise TaskError("swapping subjects does not change the answer logit difference", "check the facts")
+    z_c = {layer: rec_c.z[layer][:, 0] for layer in range(L)}  # [B, H, d]
+    z_r = {layer: rec_r.z[layer][:, 0] for layer in range(L)}
+    freeze_src = {layer: _full_len(z_c[layer], end, width) for layer in range(L)}
+    path = torch.full((L, H), float("nan"))
+    for layer in layers if layers is not None else range(L):
+        for h in range(H):
+            sender = PatchFrom(heads=(HeadId(layer, h),), positions=end, source={layer: _full_len(z_r[layer], end, width)})
+            later = tuple(HeadId(m, k) for m in range(layer + 1, L) for k in range(H))
+            ivs = [sender] + ([PatchFrom(heads=later, positions=end, source=freeze_src)] if later else [])
+            logits = run_with_interventions(lm, clean.input_ids, clean.attention_mask, ivs)
+            path[layer, h] = float((_logit_diff(logits, end, tgt, other) - ld_c).mean()) / denom
+
+    # attention from the prediction position to the subject span
+    span = clean.meta["subject_span"]
+    pos = torch.arange(width)
+    in_span = (pos[None] >= span[:, :1]) & (pos[None] < span[:, 1:])  # [B, T]
+    attn = torch.stack([(rec_c.pattern[layer][:, :, 0] * in_span[:, None].to(rec_c.pattern[layer].dtype)).sum(-1).mean(0)
+                        for layer in range(L)])  # [L, H]
+
+    # decoding: own subject (last span token) vs the relation's other subjects
+    rel = as_list(clean.meta["relation"])
+    subj_tok = clean.input_ids[torch.arange(len(clean)), span[:, 1] - 1]
+    cands: dict[str, list[int]] = {}
+    for r, t in zip(rel, subj_tok.tolist(), strict=True):
+        cands.setdefault(r, [])
+        if t not in cands[r]:
+            cands[r].append(t)
+    dec = torch.zeros(L, H)
+    with torch.no_grad():
+        for layer in range(L):
+            w = written_heads(lm, layer, rec_c.result[layer][:, 0], rec_c.attn_out[layer][:, 0])  # [B, H, d]
+            logits = decode_direction(lm, w)  # [B, H, V]
+            hits = torch.zeros(H)
+            for b in range(len(clean)):
+                c = cands[rel[b]]
+                vals = logits[b][:, c]  # [H, n_c]
+                hits += (vals.argmax(-1) == c.index(int(subj_tok[b]))).float()
+            dec[layer] = hits / len(clean)
+    chance = float(sum(1.0 / len(cands[r]) for r in rel) / len(rel))
+
+    order = torch.nan_to_num(path, nan=-float("inf")).flatten().argsort(descending=True)
+    ranked = [HeadId(int(i) // H, int(i) % H) for i in order if not torch.isnan(path.flatten()[i])]
+
+    def total_effect(heads: list[HeadId]) -> float:
+        src = {layer: _full_len(z_r[layer], end, width) for layer in {h.layer for h in heads}}
+        logits = run_with_interventions(lm, clean.input_ids, clean.attention_mask,
+                                        [PatchFrom(heads=tuple(heads), positions=end, source=src)])
+        return float((_logit_diff(logits, end, tgt, other) - ld_c).mean()) / denom
+
+    k = min(top_k, len(ranked))
+    top = ranked[:k]
+    rng = random.Random(seed)
+    rest = [h for h in ranked if h not in top]
+    rand = [total_effect(rng.sample(rest, k)) for _ in range(n_random)] if len(rest) >= k else []
+    check = {"k": k, "top_heads": [str(h) for h in top], "top_k_effect": total_effect(top),
+             "random_k_effect_mean": float(sum(rand) / len(rand)) if rand else float("nan"),
+             "random_k_effects": rand, "top_k_path_sum": float(sum(path[h.layer, h.head] for h in top))}
+    return ArgumentPassing(path, attn, dec, chance, ranked, check, float(ld_c.mean()), float(ld_r.mean()), len(clean))

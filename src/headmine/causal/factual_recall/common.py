@@ -1,0 +1,172 @@
+"""Shared pieces of the factual-recall analyses: the fact batch contract, the logit lens readout and
+the per-component "written" contributions.
+
+Fact batch contract. Every analysis takes a :class:`~headmine.tasks.base.TokenBatch` whose meta holds
+``target_id`` LongTensor [B] (the single-token answer), ``end_pos`` LongTensor [B] (the last prompt
+token, where the answer is predicted), ``subject_span`` LongTensor [B, 2] (token positions of the
+subject, end exclusive) and ``relation`` list[str] of length B. ``few_shot`` / ``shots`` (int [B]) is
+optional. :func:`check_fact_batch` validates this and raises :class:`TaskError` otherwise.
+
+Readout ("logit lens"). A residual vector is decoded with the model's own final norm and
+unembedding module, then Gemma-style final logit soft-capping when the config has it, so the layer
+``n_layers`` readout equals the model's logits exactly.
+
+Written contributions. Llama-style blocks add ``attn_out`` and ``mlp_out`` to the residual stream
+as they are. Gemma 2/3 blocks pass both through an RMSNorm first ("sandwich" norms:
+``post_attention_layernorm`` / ``post_feedforward_layernorm``, recognised by the presence of
+``pre_feedforward_layernorm``). :func:`written_attn` / :func:`written_mlp` return what really enters
+the residual stream; per-head contributions are linearised with the norm scale of the whole block
+output (they sum exactly to the block's contribution when the projection has no bias).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from headmine.core.errors import TaskError
+from headmine.models.loading import LoadedModel
+from headmine.tasks.base import TokenBatch
+
+REQUIRED_META = ("target_id", "end_pos", "subject_span", "relation")
+
+
+def check_fact_batch(batch: TokenBatch) -> None:
+    """TaskError unless ``batch`` carries the fact meta every analysis needs."""
+    missing = [k for k in REQUIRED_META if k not in batch.meta]
+    if missing:
+        raise TaskError(
+            f"the fact batch lacks meta {missing} (has {sorted(batch.meta)})",
+            "build it with the factual task (single-token answers, subject spans, relation names)",
+        )
+    if len(batch) == 0:
+        raise TaskError("the fact batch is empty", "give at least one relation with facts")
+    span = batch.meta["subject_span"]
+    if not isinstance(span, torch.Tensor) or span.shape != (len(batch), 2):
+        raise TaskError("meta subject_span must be a LongTensor [B, 2]", "one (start, end) span per prompt")
+
+
+def sub_batches(batch: TokenBatch, batch_size: int) -> Iterator[TokenBatch]:
+    """Sub-batches trimmed to their own longest row (right padding makes this safe)."""
+    for sub in batch.split(batch_size):
+        width = int(sub.lengths.max())
+        yield TokenBatch(input_ids=sub.input_ids[:, :width], attention_mask=sub.attention_mask[:, :width],
+                         meta=sub.meta, texts=sub.texts, task=sub.task, params=sub.params)
+
+
+def rows_at(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``t[b, pos[b]]`` for a [B, T, ...] tensor."""
+    return t[torch.arange(t.shape[0], device=t.device), pos.to(t.device)]
+
+
+# --------------------------------------------------------------------------- readout
+def _softcap(lm: LoadedModel) -> float | None:
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def lens_logits(lm: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
+    """Logits of residual vectors ``[..., d_model]`` through the model's final norm and unembedding."""
+    norm = lm.adapter.final_norm()
+    head = lm.adapter.unembedding()
+    x = norm(resid) if norm is not None else resid
+    logits = head(x) if head is not None else x @ lm.adapter.W_U()
+    cap = _softcap(lm)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _gain(norm: nn.Module | None, d_model: int, like: torch.Tensor) -> torch.Tensor:
+    """Per-dimension gain of an RMSNorm-like module (its output on an all-ones vector)."""
+    if norm is None:
+        return torch.ones(d_model, dtype=like.dtype, device=like.device)
+    with torch.no_grad():
+        return norm(torch.ones(1, d_model, dtype=like.dtype, device=like.device))[0]
+
+
+def final_gain(lm: LoadedModel) -> torch.Tensor:
+    w_u = lm.adapter.W_U()
+    return _gain(lm.adapter.final_norm(), w_u.shape[0], w_u)
+
+
+def decode_direction(lm: LoadedModel, v: torch.Tensor) -> torch.Tensor:
+    """Direct logit effect of a residual-stream direction ``v [..., d_model]``: ``(v * final gain) @ W_U``.
+
+    Linear (no normalisation by the final RMS): use it for directions and correlations, and divide by
+    the final RMS of a run (:func:`final_rms`) for a linearised direct logit attribution.
+    """
+    return (v * final_gain(lm).to(v.dtype)) @ lm.adapter.W_U().to(v.dtype)
+
+
+def final_rms(resid_final: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMS of the final residual (the scale the final RMSNorm divides by), [...] from [..., d_model]."""
+    return resid_final.pow(2).mean(-1).add(eps).sqrt()
+
+
+# --------------------------------------------------------------------------- written contributions
+def _sandwich(lm: LoadedModel, layer: int) -> bool:
+    return hasattr(lm.adapter.layer(layer), "pre_feedforward_layernorm")
+
+
+def attn_post_norm(lm: LoadedModel, layer: int) -> nn.Module | None:
+    """The norm applied to the attention block's output before the residual add (Gemma), else None."""
+    return lm.adapter.layer(layer).post_attention_layernorm if _sandwich(lm, layer) else None
+
+
+def mlp_post_norm(lm: LoadedModel, layer: int) -> nn.Module | None:
+    """The norm applied to the MLP output before the residual add (Gemma), else None."""
+    return lm.adapter.layer(layer).post_feedforward_layernorm if _sandwich(lm, layer) else None
+
+
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
+
+
+def _eps(norm: nn.Module) -> float:
+    return float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
+
+
+def written_attn(lm: LoadedModel, layer: int, attn_out: torch.Tensor) -> torch.Tensor:
+    """What the attention block of ``layer`` adds to the residual stream, from its raw output."""
+    norm = attn_post_norm(lm, layer)
+    return attn_out if norm is None else norm(attn_out)
+
+
+def written_mlp(lm: LoadedModel, layer: int, mlp_out: torch.Tensor) -> torch.Tensor:
+    """What the MLP of ``layer`` adds to the residual stream, from its raw output."""
+    norm = mlp_post_norm(lm, layer)
+    return mlp_out if norm is None else norm(mlp_out)
+
+
+def written_heads(lm: LoadedModel, layer: int, result: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    """Per-head residual contributions ``[..., head, d_model]`` from ``result`` ``[..., head, d_model]``.
+
+    Under a post-attention norm the head outputs are scaled by ``gain / rms(attn_out)`` (the norm's
+    scale on the full block output, frozen): a linearisation that sums to the block's contribution.
+    """
+    norm = attn_post_norm(lm, layer)
+    if norm is None:
+        return result
+    scale = _gain(norm, result.shape[-1], result) / _rms(attn_out, _eps(norm))
+    return result * scale.unsqueeze(-2)
+
+
+def answer_stats(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probability, rank (0 = top-1), log-probability) of ``target`` [B] under ``logits`` [B, ..., vocab].
+
+    Extra middle axes (e.g. layers) broadcast: target is indexed along the last axis.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    idx = target.view(-1, *([1] * (logits.dim() - 1))).expand(*logits.shape[:-1], 1).to(logits.device)
+    tl = logits.float().gather(-1, idx)
+    rank = (logits.float() > tl).sum(-1)
+    lp = logp.gather(-1, idx).squeeze(-1)
+    return lp.exp(), rank, lp
+
+
+def as_list(x: Any) -> list[Any]:
+    return x.tolist() if isinstance(x, torch.Tensor) else list(x)

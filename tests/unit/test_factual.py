@@ -1,0 +1,175 @@
+"""Factual-recall analyses on a hand-wired 2-layer Llama with a planted mechanism.
+
+The toy (d_model 32, 4 heads of 8, vocabulary 24, no tokenizer):
+- tokens: 0 BOS, 1-4 subjects, 5-8 answers of relation A, 9-12 answers of relation B, 13 relation A
+  cue, 14 relation B cue, 15-23 "frequent" filler tokens.
+- L0H0 (the planted argument mover) attends from every position to the subject token and copies its
+  identity (dims 5-8). L0H1-3 attend uniformly and write filler noise (dims 25-27).
+- MLP 0 amplifies the subject identity (beta > 0 on L0H0) and adds a relation-specific constant: the
+  answer-class direction (dim 13 for A, 14 for B) -> the planted task intercept.
+- Answers unembed as subject identity + class direction (answer = f(subject) by addition).
+- L1H0 (the planted suppressor) attends to BOS and writes -class +generic: it lowers every answer in
+  the final layer and promotes the frequent filler tokens (they read the generic dim 15).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from headmine.causal.factual_recall import (
+    answer_trajectory,
+    argument_passing_heads,
+    decompose_mlp,
+    final_layer_suppression,
+)
+from headmine.core.ids import HeadId
+from headmine.core.provenance import ModelProvenance
+from headmine.models.base import adapter_for
+from headmine.models.loading import LoadedModel
+from headmine.tasks.base import TokenBatch, pad_batch
+
+BOS, SUBJ, ANS_A, ANS_B, REL_A, REL_B, FILL = 0, 1, 5, 9, 13, 14, 15
+D, NH, DH = 32, 4, 8
+
+
+def build_toy(suppress: float = 1.0) -> LoadedModel:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=24, hidden_size=D, intermediate_size=8, num_hidden_layers=2, num_attention_heads=NH,
+                      num_key_value_heads=NH, head_dim=DH, max_position_embeddings=64, rope_theta=1e6,
+                      rms_norm_eps=1e-6, tie_word_embeddings=False)
+    cfg._attn_implementation = "eager"
+    model = LlamaForCausalLM(cfg).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+        p.zero_()
+    m = model.model
+    with torch.no_grad():
+        for norm in [m.norm] + [x for lay in m.layers for x in (lay.input_layernorm, lay.post_attention_layernorm)]:
+            norm.weight.fill_(1.0)
+        E = m.embed_tokens.weight
+        E[:, 0] = 1.0                                   # constant feature
+        E[BOS, 2] = 1.0                                 # is-BOS
+        for i in range(4):
+            E[SUBJ + i, 1] = 1.0                        # is-subject
+            E[SUBJ + i, 5 + i] = 1.0                    # subject identity
+        E[REL_A, 3] = 1.0
+        E[REL_B, 4] = 1.0
+        for j in range(9):
+            E[FILL + j, 16 + j] = 1.0
+        a0, a1 = m.layers[0].self_attn, m.layers[1].self_attn
+        a0.q_proj.weight[0 * DH + 3, 0] = 2.5           # L0H0: query = constant
+        a0.k_proj.weight[0 * DH + 3, 1] = 2.5           #        key = is-subject
+        for i in range(4):
+            a0.v_proj.weight[0 * DH + i, 5 + i] = 1.0   #        value = subject identity
+            a0.o_proj.weight[5 + i, 0 * DH + i] = 1.0   #        written back to the identity dims
+        for h in (1, 2, 3):                             # L0H1-3: uniform attention, filler noise
+            for j in range(9):
+                a0.v_proj.weight[h * DH, 16 + j] = float((j * h) % 4) - 1.5
+            a0.o_proj.weight[24 + h, h * DH] = 1.0
+        mlp = m.layers[0].mlp
+        for i in range(4):                              # amplify the moved subject
+            mlp.gate_proj.weight[i, 5 + i] = 3.0
+            mlp.up_proj.weight[i, 0] = 1.0
+            mlp.down_proj.weight[5 + i, i] = 0.25
+        for u, rel_dim, cls_dim in ((4, 3, 13), (5, 4, 14)):  # relation-specific intercept
+            mlp.gate_proj.weight[u, rel_dim] = 3.0
+            mlp.up_proj.weight[u, 0] = 1.0
+            mlp.down_proj.weight[cls_dim, u] = 0.4
+        a1.q_proj.weight[0 * DH + 3, 0] = 2.5           # L1H0: attends to BOS
+        a1.k_proj.weight[0 * DH + 3, 2] = 2.5
+        a1.v_proj.weight[0 * DH + 0, 0] = 1.0
+        a1.o_proj.weight[13, 0] = -1.2 * suppress       # suppress both answer classes
+        a1.o_proj.weight[14, 0] = -1.2 * suppress
+        a1.o_proj.weight[15, 0] = 0.8 * suppress        # promote the generic (frequent) direction
+        U = model.lm_head.weight                        # [vocab, d]
+        for i in range(4):
+            U[SUBJ + i, 5 + i] = 0.6
+            U[ANS_A + i, 5 + i] = 1.0
+            U[ANS_A + i, 13] = 1.0
+            U[ANS_B + i, 5 + i] = 1.0
+            U[ANS_B + i, 14] = 1.0
+        for j in range(9):
+            U[FILL + j, 15] = 1.0
+            U[FILL + j, 16 + j] = 0.3
+    prov = ModelProvenance(name="toy-factual", source="in-process", source_kind="hand-set", model_type="llama")
+    return LoadedModel(name="toy-factual", model=model, tokenizer=None, adapter=adapter_for(model), provenance=prov)
+
+
+def toy_facts(relations: tuple[str, ...] = ("A", "B"), n_fill: int = 3, seed: int = 0) -> TokenBatch:
+    """Prompts BOS f.. SUBJ f.. REL (answer = the subject's answer for that relation)."""
+    rng = np.random.default_rng(seed)
+    rows, meta = [], {"target_id": [], "subject_span": [], "relation": [], "end_pos": []}
+    for rel in relations:
+        for i in range(4):
+            for _ in range(3):
+                pre = [FILL + int(x) for x in rng.integers(0, 9, n_fill)]
+                post = [FILL + int(x) for x in rng.integers(0, 9, 2)]
+                ids = [BOS, *pre, SUBJ + i, *post, REL_A if rel == "A" else REL_B]
+                rows.append(ids)
+                meta["target_id"].append((ANS_A if rel == "A" else ANS_B) + i)
+                meta["subject_span"].append([1 + n_fill, 2 + n_fill])
+                meta["relation"].append(rel)
+                meta["end_pos"].append(len(ids) - 1)
+    ids, mask = pad_batch(rows, 0)
+    return TokenBatch(input_ids=ids, attention_mask=mask, task="toy-factual",
+                      meta={"target_id": torch.tensor(meta["target_id"]), "end_pos": torch.tensor(meta["end_pos"]),
+                            "subject_span": torch.tensor(meta["subject_span"]), "relation": meta["relation"]})
+
+
+@pytest.fixture(scope="module")
+def toy() -> LoadedModel:
+    return build_toy()
+
+
+@pytest.fixture(scope="module")
+def facts() -> TokenBatch:
+    return toy_facts()
+
+
+def test_trajectory_finds_planted_last_layer_drop(toy: LoadedModel, facts: TokenBatch) -> None:
+    traj = answer_trajectory(toy, facts, batch_size=7)
+    assert traj.prob.shape == (len(facts), 3)
+    logits = toy.forward(facts.input_ids, facts.attention_mask)
+    final = torch.softmax(logits[torch.arange(len(facts)), facts.meta["end_pos"]], -1)
+    assert torch.allclose(traj.prob[:, -1], final.gather(1, facts.meta["target_id"][:, None])[:, 0], atol=1e-5)
+    assert traj.drop_share() == 1.0                     # the planted suppressor lowers every answer
+    assert (traj.rank[:, 1] == 0).all()                 # after the mover + MLP the answer is top-1
+    clean = answer_trajectory(build_toy(suppress=0.0), facts)
+    assert clean.drop_share() == 0.0
+    assert set(traj.groups()) == {"A/0", "B/0"}
+
+
+def test_argument_passing_finds_planted_mover(toy: LoadedModel, facts: TokenBatch) -> None:
+    res = argument_passing_heads(toy, facts, top_k=1, n_random=3)
+    assert res.ranked[0] == HeadId(0, 0)
+    assert res.path_effect[0, 0] > 0.9
+    assert res.path_effect.flatten()[1:].abs().max() < 0.05
+    assert res.attn_subject[0, 0] > 0.95
+    assert res.decode_acc[0, 0] == 1.0 and res.decode_acc[0, 1] < 0.6
+    assert res.check["top_k_effect"] > 0.9 and abs(res.check["random_k_effect_mean"]) < 0.1
+
+
+def test_mlp_decomposition_finds_amplification_and_intercept(toy: LoadedModel, facts: TokenBatch) -> None:
+    dec = decompose_mlp(toy, facts, layer=0)
+    assert dec.r2 > 0.9
+    beta = dict(zip([str(h) for h in dec.heads], dec.beta.tolist(), strict=True))
+    assert beta["L0H0"] > 0.3 and all(abs(beta[f"L0H{h}"]) < 0.05 for h in (1, 2, 3))
+    for rel, cls in (("A", ANS_A), ("B", ANS_B)):
+        ic = dec.intercepts[rel]
+        assert ic.answer_auroc == 1.0 and ic.p_value < 0.01
+        assert set(ic.top_tokens[:4]) == set(range(cls, cls + 4))
+    assert dec.r2 > dec.r2_intercept_only
+
+
+def test_suppression_finds_planted_final_head(toy: LoadedModel, facts: TokenBatch) -> None:
+    freq = np.zeros(24)
+    freq[FILL:] = 10.0                                  # the filler tokens are the frequent ones
+    sup = final_layer_suppression(toy, facts, frequency=freq)
+    assert sup.first_token_attention[0] > 0.95 and sup.first_token_attention[1] < 0.5
+    comp = {c.name: c for c in sup.components}
+    assert comp["L1H0"].answer_dla < -1.0 and comp["L1H0"].frequency_corr > 0.3
+    assert abs(comp["L1H1"].answer_dla) < 1e-4
+    assert sup.suppressors()[0] == "L1H0"
