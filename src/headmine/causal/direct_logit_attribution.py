@@ -1,0 +1,182 @@
+"""Direct logit attribution per head and per MLP, with the final norm linearised (METHODS 3.13).
+
+The final residual at the prediction position is a sum of components: the embedding, each head's
+result ``z_h @ W_O[h]``, each attention output bias and each MLP output. With the final norm's
+scale frozen from the *full* residual (and the mean removed for LayerNorm), the norm is linear, so
+``DLA(c) = norm_lin(c) . u`` with ``u`` the metric's unembedding direction (W_U[:, target] -
+W_U[:, wrong] for a logit difference). The components then sum to the model's metric exactly, up
+to the norm's own bias and the unembedding bias (reported as ``rest``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from headmine.capture import CaptureSpec, run_capture
+from headmine.causal.fast_sweep import unembedding_matrix, unembedding_module
+from headmine.causal.metrics import AnswerMetric
+from headmine.core.errors import UnsupportedModelError
+from headmine.core.ids import Site
+from headmine.models.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class FrozenNorm:
+    """The final norm with its scale frozen: ``lin(c) = (c - mean(c) if centered else c) / scale * gamma``."""
+
+    scale: torch.Tensor  # [N, 1]
+    gamma: torch.Tensor  # [D]
+    beta: torch.Tensor | None  # [D]
+    centered: bool
+
+    def __call__(self, c: torch.Tensor) -> torch.Tensor:
+        """``c`` [N, ..., D] (N rows matching ``scale``) -> linearised normed contribution."""
+        if self.centered:
+            c = c - c.mean(-1, keepdim=True)
+        s = self.scale.view(self.scale.shape[0], *([1] * (c.dim() - 1)))
+        return c / s * self.gamma
+
+
+def freeze_final_norm(loaded: LoadedModel, resid_final: torch.Tensor) -> FrozenNorm:
+    """Linearise the final norm at ``resid_final`` [N, D]; checked against the module's own output."""
+    norm = loaded.adapter.final_norm()
+    d = resid_final.shape[-1]
+    x = resid_final.float()
+    if norm is None:
+        return FrozenNorm(torch.ones(x.shape[0], 1), torch.ones(d), None, False)
+    eps = float(getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None) or 1e-5)
+    weight = norm.weight.float() if getattr(norm, "weight", None) is not None else torch.ones(d)
+    bias = getattr(norm, "bias", None)
+    with torch.no_grad():
+        actual = norm(resid_final[:, None])[:, 0].float()
+    layer_norm = isinstance(norm, nn.LayerNorm) or ("LayerNorm" in type(norm).__name__ and "RMS" not in type(norm).__name__)
+    if layer_norm:
+        centered = x - x.mean(-1, keepdim=True)
+        scale = (centered.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        candidates = [(weight, None if bias is None else bias.float(), True)]
+    else:
+        scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        candidates = [(weight, None, False), (1.0 + weight, None, False)]  # Gemma stores gamma - 1
+    for gamma, beta, centered_flag in candidates:
+        fn = FrozenNorm(scale, gamma, beta, centered_flag)
+        approx = fn(x) + (0 if beta is None else beta)
+        if torch.allclose(approx, actual, atol=1e-3 * (1 + actual.abs().max().item()), rtol=1e-3):
+            return fn
+    raise UnsupportedModelError(
+        f"cannot linearise the final norm {type(norm).__name__} of {loaded.name}",
+        "direct logit attribution supports LayerNorm and RMSNorm final norms",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DLAResult:
+    """Per-prompt direct contributions to the metric (logit difference or target logit).
+
+    heads [L, H, B]; mlp [L, B]; attn_bias [L, B]; embed [B]; rest [B] (final-norm bias, unembedding
+    bias and anything not captured as a component); total [B] = the model's metric. The sum of all
+    parts equals ``total`` up to float error.
+    """
+
+    metric: str
+    heads: torch.Tensor
+    mlp: torch.Tensor
+    attn_bias: torch.Tensor
+    embed: torch.Tensor
+    rest: torch.Tensor
+    total: torch.Tensor
+
+    def component_sum(self) -> torch.Tensor:
+        return self.heads.sum((0, 1)) + self.mlp.sum(0) + self.attn_bias.sum(0) + self.embed + self.rest
+
+    def top(self, k: int = 10) -> list[tuple[int, int, float]]:
+        e = self.heads.mean(-1)
+        order = torch.argsort(e.abs().flatten(), descending=True)[:k]
+        return [(int(i) // e.shape[1], int(i) % e.shape[1], float(e.flatten()[i])) for i in order]
+
+    def frame(self) -> Any:
+        from headmine.core.tables import scores_frame
+
+        n = int(self.total.shape[0])
+
+        def stats(v: torch.Tensor) -> tuple[float, float]:
+            return float(v.mean()), (float(v.std() / n**0.5) if n > 1 else float("nan"))
+
+        rows: list[dict[str, Any]] = []
+        m = f"dla_{self.metric}"
+        for layer in range(self.heads.shape[0]):
+            for head in range(self.heads.shape[1]):
+                val, err = stats(self.heads[layer, head])
+                rows.append({"layer": layer, "head": head, "method": "dla", "metric": m, "value": val, "n": n, "stderr": err})
+            val, err = stats(self.mlp[layer])
+            rows.append({"component": "mlp", "layer": layer, "method": "dla", "metric": m, "value": val, "n": n, "stderr": err})
+            val, err = stats(self.attn_bias[layer])
+            rows.append({"component": "layer", "layer": layer, "method": "dla", "metric": f"{m}_attn_bias", "value": val, "n": n, "stderr": err})
+        val, err = stats(self.embed)
+        rows.append({"component": "embed", "layer": 0, "method": "dla", "metric": m, "value": val, "n": n, "stderr": err})
+        last = self.heads.shape[0]
+        for name, v in (("rest", self.rest), ("total", self.total)):
+            val, err = stats(v)
+            rows.append({"component": "layer", "layer": last, "method": "dla", "metric": f"{m}_{name}", "value": val, "n": n, "stderr": err})
+        return scores_frame(rows)
+
+
+def direct_logit_attribution(
+    loaded: LoadedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    metric: AnswerMetric,
+) -> DLAResult:
+    """Direct logit attribution of every head, MLP, attention bias and the embedding (one forward).
+
+    ``metric`` kinds ``prob`` and ``answer_logprob`` are attributed through the target's logit.
+    """
+    g, a = loaded.geometry, loaded.adapter
+    if metric.kind not in ("logit_diff", "logit"):
+        metric = metric.with_kind("logit")
+    has_mlp = a.mlp_name is not None
+    sites = {Site.Z, Site.ATTN_OUT, Site.RESID} | ({Site.MLP_OUT} if has_mlp else set())
+    spec = CaptureSpec(sites=frozenset(sites), query_positions=metric.end_pos)
+    rec = run_capture(loaded, spec, input_ids, attention_mask)
+    b = metric.n
+    resid_final = rec.resid[g.n_layers][:, 0]
+    frozen = freeze_final_norm(loaded, resid_final)
+    u = metric.direction(unembedding_matrix(loaded).float())  # [B, D]
+
+    def dla(c: torch.Tensor) -> torch.Tensor:  # c [B, ..., D] -> [B, ...]
+        lin = frozen(c.float())
+        return (lin * u.view(b, *([1] * (c.dim() - 2)), -1)).sum(-1)
+
+    heads = torch.empty(g.n_layers, g.n_heads, b)
+    mlp = torch.zeros(g.n_layers, b)
+    bias = torch.zeros(g.n_layers, b)
+    parts = rec.resid[0][:, 0].float().clone()
+    embed = dla(rec.resid[0][:, 0]).cpu()
+    for layer in range(g.n_layers):
+        result = torch.einsum("bhd,hdm->bhm", rec.z[layer][:, 0].float(), a.W_O(layer).float())
+        heads[layer] = dla(result).T.cpu()
+        b_o = a.b_O(layer)
+        parts = parts + result.sum(1)
+        if b_o is not None:
+            bias[layer] = dla(b_o.float().expand(b, -1)).cpu()
+            parts = parts + b_o.float()
+        if has_mlp:
+            m_out = rec.mlp_out[layer][:, 0].float()
+        else:  # no MLP module exposed (OPT): the block's remainder after attention
+            m_out = (rec.resid[layer + 1][:, 0] - rec.resid[layer][:, 0] - rec.attn_out[layer][:, 0]).float()
+        mlp[layer] = dla(m_out).cpu()
+        parts = parts + m_out
+    total = metric(rec.logits).cpu()
+    rest = dla(resid_final.float() - parts)  # structural leftover: ~0 unless the blocks have post-norms
+    if frozen.beta is not None:
+        rest = rest + (frozen.beta.float() * u).sum(-1)
+    u_bias = getattr(unembedding_module(loaded), "bias", None)
+    if u_bias is not None:
+        ub = u_bias.float()
+        tgt = ub[metric.target_id]
+        rest = rest + (tgt - ub[metric.wrong_id] if metric.kind == "logit_diff" else tgt)  # type: ignore[index]
+    rest = rest.cpu()
+    return DLAResult(metric=metric.kind, heads=heads, mlp=mlp, attn_bias=bias, embed=embed, rest=rest, total=total)
