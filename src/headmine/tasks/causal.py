@@ -167,7 +167,7 @@ def factual(
     is the corrupting subject's answer, so metric "logit_diff" is available too.
 
     Meta: ``subject_span`` [B, 2], ``subject_last`` [B] (last subject token), ``relation`` list,
-    ``subject`` list; corrupted: the same keys for the corrupted prompt.
+    ``subject`` list, ``shots`` [B]; corrupted: the same keys for the corrupted prompt.
     """
     check_n(n)
     _check_metric(metric)
@@ -224,9 +224,10 @@ def factual(
         items.append(PromptItem(
             prompt=text, target=" " + answer, target_ids=(tid,), ids=tuple(ids),
             corrupted_prompt=ctext, corrupted_ids=tuple(cids), wrong_target=" " + ca, wrong_id=wid,
-            meta={"subject_span": (a, b), "subject_last": b - 1, "relation": rel.name, "subject": subject},
+            meta={"subject_span": (a, b), "subject_last": b - 1, "relation": rel.name, "subject": subject,
+                  "shots": shots},
             corrupted_meta={"subject_span": (ca_, cb_), "subject_last": cb_ - 1, "relation": rel.name,
-                            "subject": cs},
+                            "subject": cs, "shots": shots},
         ))
     equal = all(len(it.ids) == len(it.corrupted_ids or ()) for it in items)
     return PromptSet(
