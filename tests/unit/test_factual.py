@@ -20,10 +20,16 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from headmine.causal.factual_recall import (
+    Mitigation,
+    answer_scores,
     answer_trajectory,
     argument_passing_heads,
+    choose_mitigation,
     decompose_mlp,
+    evaluate_mitigation,
     final_layer_suppression,
+    mitigated,
+    split_facts,
 )
 from headmine.core.ids import HeadId
 from headmine.core.provenance import ModelProvenance
@@ -173,3 +179,52 @@ def test_suppression_finds_planted_final_head(toy: LoadedModel, facts: TokenBatc
     assert comp["L1H0"].answer_dla < -1.0 and comp["L1H0"].frequency_corr > 0.3
     assert abs(comp["L1H1"].answer_dla) < 1e-4
     assert sup.suppressors()[0] == "L1H0"
+
+
+def test_mitigation_removes_planted_suppressor_and_generalises(toy: LoadedModel, tmp_path) -> None:
+    facts = toy_facts(seed=1)
+    splits = split_facts(facts, heldout_relations=["B"], test_frac=0.5)
+    assert set(splits.train.meta["relation"]) == {"A"} and set(splits.heldout_relations.meta["relation"]) == {"B"}
+    corpus = torch.tensor([[BOS] + [FILL + (i * 7 + j) % 9 for j in range(15)] for i in range(4)])
+    chosen, rows = choose_mitigation(toy, splits.train, corpus, max_cost=10.0)
+    assert dict(chosen.head_scales).get(HeadId(1, 0)) == 0.0    # the planted suppressor is switched off
+    assert len(rows) >= 8
+    ev = evaluate_mitigation(toy, chosen, {"heldout_facts": splits.heldout_facts,
+                                           "heldout_relations": splits.heldout_relations}, corpus, n_boot=200)
+    for split in ("heldout_facts", "heldout_relations"):
+        assert ev[split]["dprob_ci"][0] > 0.2 and ev[split]["top1_after"] == 1.0
+    js, _ = chosen.save(tmp_path / "mit")
+    again = Mitigation.load(js)
+    assert again.head_scales == chosen.head_scales and again.mlp_scales == chosen.mlp_scales
+    base = answer_scores(toy, splits.heldout_relations)
+    with mitigated(toy, again):
+        gen = toy.model.generate(splits.heldout_relations.input_ids[:2, :7], max_new_tokens=1, do_sample=False,
+                                 pad_token_id=0)
+        during = answer_scores(toy, splits.heldout_relations)
+    assert gen.shape[1] == 8
+    assert (during["prob"] > base["prob"]).all()
+    assert torch.allclose(answer_scores(toy, splits.heldout_relations)["prob"], base["prob"])  # hooks removed
+
+
+def test_mitigation_identity_when_nothing_helps(tmp_path) -> None:
+    lm = build_toy(suppress=0.0)
+    facts = toy_facts()
+    splits = split_facts(facts, heldout_relations=["B"])
+    corpus = torch.tensor([[BOS] + [FILL + j % 9 for j in range(12)]])
+    chosen, _ = choose_mitigation(lm, splits.train, corpus, candidates=[Mitigation("scale L1H1 x0", ((HeadId(1, 1), 0.0),))])
+    assert chosen.is_identity and chosen.name == "none"
+    js, st = Mitigation("dir", remove_directions={1: torch.ones(D)}).save(tmp_path / "d.json")
+    assert st is not None and torch.equal(Mitigation.load(js).remove_directions[1], torch.ones(D))
+
+
+def test_bad_inputs_raise_clear_errors(toy: LoadedModel, facts: TokenBatch) -> None:
+    from headmine.core.errors import TaskError
+
+    bare = TokenBatch(input_ids=facts.input_ids, attention_mask=facts.attention_mask, meta={"target_id": facts.meta["target_id"]})
+    with pytest.raises(TaskError, match="lacks meta"):
+        answer_trajectory(toy, bare)
+    with pytest.raises(TaskError, match="not in the batch"):
+        split_facts(facts, heldout_relations=["C"])
+    one = facts.select([0, 1])  # two prompts about the same subject: no swap partner
+    with pytest.raises(TaskError, match="partner"):
+        argument_passing_heads(toy, one)
