@@ -1,7 +1,7 @@
 """Name mover heads on IOI (Wang et al. 2022; survey: Name Mover / Negative Name Mover Head).
 
-- ``name_mover``: attention from END (the last prompt token, ``meta["end_pos"]``) to the indirect
-  object (``meta["io_pos"]``), per prompt. High for name movers *and* negative name movers; the
+- ``name_mover``: attention from END (the last prompt token, ``meta["END"]``) to the indirect
+  object (``meta["IO"]``), per prompt. High for name movers *and* negative name movers; the
   OV scores below tell them apart.
 - ``name_copy``: OV copy score (methods 3.11, adapted): for each candidate name token on its own,
   its effective embedding W_EE (residual after block 0) through the head's OV circuit and W_U;
@@ -35,11 +35,11 @@ from headmine.detectors.successor import effective_embedding
 from headmine.detectors.weights import CircuitWeights
 
 
-def _pos(meta: Mapping[str, Any], key: str, b: int) -> torch.Tensor:
-    if key not in meta:
-        raise DetectorError(f"name_mover needs meta[{key!r}] (IOI positions)", "use the ioi probe task")
-    t = torch.as_tensor(meta[key]).long().cpu().view(b, -1)
-    return t[:, 0]
+def _pos(meta: Mapping[str, Any], keys: tuple[str, ...], b: int) -> torch.Tensor:
+    for key in keys:
+        if key in meta:
+            return torch.as_tensor(meta[key]).long().cpu().view(b, -1)[:, 0]
+    raise DetectorError(f"name_mover needs meta[{keys[0]!r}] (IOI positions)", "use the ioi probe task")
 
 
 def attention_score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -> BatchScores:
@@ -47,7 +47,7 @@ def attention_score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any
     patterns = require_site(record, Site.PATTERN, "name_mover")
     n_layers, n_heads = n_layers_heads(record, meta)
     b = record.input_ids.shape[0]
-    end, io = _pos(meta, "end_pos", b), _pos(meta, "io_pos", b)
+    end, io = _pos(meta, ("END", "end_pos"), b), _pos(meta, ("IO", "io_pos"), b)
     out = empty_scores(b, n_layers, n_heads)
     for layer, a in patterns.items():
         a = a.detach().cpu().to(torch.float32)
