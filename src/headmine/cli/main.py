@@ -16,6 +16,7 @@ app = typer.Typer(
 
 COMMAND_MODULES = [
     "headmine.cli.info",
+    "headmine.cli.scan",
 ]
 
 for _module in COMMAND_MODULES:
