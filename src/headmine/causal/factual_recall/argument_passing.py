@@ -3,11 +3,11 @@
 Three measurements per head, then a ranking and a causal check (METHODS.md §2.3; choices ours):
 
 1. **Path patching with subject swaps** (the ranking score). Each prompt is paired with another fact
-   of the same relation whose subject has as many tokens and whose answer differs; the corrupted
-   prompt is the clean prompt with the subject tokens spliced in place (token level, so lengths and
-   positions match). For a sender head, its ``z`` at the prediction position is taken from the
-   corrupted run while every head of later layers is frozen to its clean ``z`` at that position;
-   MLPs recompute. The sender therefore acts only through MLPs and the final readout (the path the
+   of the same relation whose subject has as many tokens and whose answer differs (the factual task's
+   corrupted prompts, or token-level splices from :func:`subject_swaps`). With
+   :func:`headmine.causal.path_patching.path_patching` (``receivers="logits"``) the sender's ``z``
+   comes from the corrupted run while every head of later layers is frozen to its clean ``z``; MLPs
+   recompute. The sender therefore acts only through MLPs and the final readout (the path the
    paper describes: heads -> MLP -> answer). Score = ``(LD_patched - LD_clean) / (LD_corrupt -
    LD_clean)`` with ``LD = logit(answer) - logit(partner's answer)`` at the prediction position:
    the share of the swap effect carried by that path (1 = all of it).
@@ -38,6 +38,8 @@ from headmine.causal.factual_recall.common import (
     rows_at,
     written_heads,
 )
+from headmine.causal.metrics import AnswerMetric
+from headmine.causal.path_patching import path_patching
 from headmine.core.errors import TaskError
 from headmine.core.ids import HeadId, Site
 from headmine.models.loading import LoadedModel
@@ -140,13 +142,26 @@ def argument_passing_heads(
     lm: LoadedModel,
     batch: TokenBatch,
     *,
+    corrupted: TokenBatch | None = None,
     top_k: int = 3,
     n_random: int = 5,
     seed: int = 0,
     layers: list[int] | None = None,
 ) -> ArgumentPassing:
-    """Path-patching sweep over every head (or those of ``layers``), attention and decoding scores, causal check."""
-    pairs = subject_swaps(batch, seed=seed)
+    """Path-patching sweep over every head (or those of ``layers``), attention and decoding scores, causal check.
+
+    ``corrupted``: the task's subject-swapped prompts (same shape as ``batch``, ``batch.meta["wrong_id"]`` =
+    the swapped-in subject's answer, e.g. ``PromptSet.corrupted_batch()`` of the factual task); without it
+    the swaps are built here at the token level (:func:`subject_swaps`).
+    """
+    if corrupted is not None:
+        check_fact_batch(batch)
+        if corrupted.input_ids.shape != batch.input_ids.shape or "wrong_id" not in batch.meta:
+            raise TaskError("the corrupted batch must match the clean batch in shape, and the clean meta needs wrong_id",
+                            "use PromptSet.clean_batch()/corrupted_batch() of an equal-length factual task")
+        pairs = SwapPairs(batch, corrupted, batch.meta["wrong_id"], list(range(len(batch))))
+    else:
+        pairs = subject_swaps(batch, seed=seed)
     clean, corrupt = pairs.clean, pairs.corrupted
     g = lm.geometry
     L, H = g.n_layers, g.n_heads
@@ -162,17 +177,12 @@ def argument_passing_heads(
     denom = float((ld_r - ld_c).mean())
     if abs(denom) < 1e-6:
         raise TaskError("swapping subjects does not change the answer logit difference", "check the facts")
-    z_c = {layer: rec_c.z[layer][:, 0] for layer in range(L)}  # [B, H, d]
     z_r = {layer: rec_r.z[layer][:, 0] for layer in range(L)}
-    freeze_src = {layer: _full_len(z_c[layer], end, width) for layer in range(L)}
-    path = torch.full((L, H), float("nan"))
-    for layer in layers if layers is not None else range(L):
-        for h in range(H):
-            sender = PatchFrom(heads=(HeadId(layer, h),), positions=end, source={layer: _full_len(z_r[layer], end, width)})
-            later = tuple(HeadId(m, k) for m in range(layer + 1, L) for k in range(H))
-            ivs = [sender] + ([PatchFrom(heads=later, positions=end, source=freeze_src)] if later else [])
-            logits = run_with_interventions(lm, clean.input_ids, clean.attention_mask, ivs)
-            path[layer, h] = float((_logit_diff(logits, end, tgt, other) - ld_c).mean()) / denom
+    metric = AnswerMetric(kind="logit_diff", end_pos=end, target_id=tgt, wrong_id=other)
+    senders = None if layers is None else [HeadId(m, h) for m in layers for h in range(H)]
+    eff = path_patching(lm, clean.input_ids, clean.attention_mask, corrupt.input_ids, corrupt.attention_mask, metric,
+                        senders=senders, receivers="logits")
+    path = (eff.values - eff.baseline).mean(-1) / denom  # NaN where not swept
 
     # attention from the prediction position to the subject span
     span = clean.meta["subject_span"]

@@ -7,9 +7,8 @@ token, where the answer is predicted), ``subject_span`` LongTensor [B, 2] (token
 subject, end exclusive) and ``relation`` list[str] of length B. ``few_shot`` / ``shots`` (int [B]) is
 optional. :func:`check_fact_batch` validates this and raises :class:`TaskError` otherwise.
 
-Readout ("logit lens"). A residual vector is decoded with the model's own final norm and
-unembedding module, then Gemma-style final logit soft-capping when the config has it, so the layer
-``n_layers`` readout equals the model's logits exactly.
+Readout ("logit lens"): :func:`headmine.causal.logit_lens.lens_logits` (the model's own final norm
+and unembedding, then Gemma-style soft-capping), so the layer ``n_layers`` readout equals the logits.
 
 Written contributions. Llama-style blocks add ``attn_out`` and ``mlp_out`` to the residual stream
 as they are. Gemma 2/3 blocks pass both through an RMSNorm first ("sandwich" norms:
@@ -63,23 +62,7 @@ def rows_at(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- readout
-def _softcap(lm: LoadedModel) -> float | None:
-    cap = getattr(lm.model.config, "final_logit_softcapping", None)
-    return float(cap) if cap else None
-
-
-def lens_logits(lm: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
-    """Logits of residual vectors ``[..., d_model]`` through the model's final norm and unembedding."""
-    norm = lm.adapter.final_norm()
-    head = lm.adapter.unembedding()
-    x = norm(resid) if norm is not None else resid
-    logits = head(x) if head is not None else x @ lm.adapter.W_U()
-    cap = _softcap(lm)
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
+# the logit lens readout itself is headmine.causal.logit_lens.lens_logits (final norm + unembedding + soft-cap)
 def _gain(norm: nn.Module | None, d_model: int, like: torch.Tensor) -> torch.Tensor:
     """Per-dimension gain of an RMSNorm-like module (its output on an all-ones vector)."""
     if norm is None:
@@ -170,3 +153,38 @@ def answer_stats(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
 
 def as_list(x: Any) -> list[Any]:
     return x.tolist() if isinstance(x, torch.Tensor) else list(x)
+
+
+def concat_batches(batches: list[TokenBatch]) -> TokenBatch:
+    """Stack fact batches of different widths (right padding; per-row meta concatenated, [B, k] tensors too)."""
+    if len(batches) == 1:
+        return batches[0]
+    width = max(b.input_ids.shape[1] for b in batches)
+    pad = int(batches[0].input_ids[0, -1]) if batches[0].attention_mask[0, -1] == 0 else 0
+
+    def widen(t: torch.Tensor, fill: int) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill)
+
+    ids = torch.cat([widen(b.input_ids, pad) for b in batches])
+    mask = torch.cat([widen(b.attention_mask, 0) for b in batches])
+    meta: dict[str, Any] = {}
+    for key in batches[0].meta:
+        vals = [b.meta.get(key) for b in batches]
+        if all(isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == len(b) for v, b in zip(vals, batches, strict=True)):
+            meta[key] = torch.cat(vals)  # type: ignore[arg-type]
+        elif all(isinstance(v, list) and len(v) == len(b) for v, b in zip(vals, batches, strict=True)):
+            meta[key] = [x for v in vals for x in v]  # type: ignore[union-attr]
+    texts = None if any(b.texts is None for b in batches) else [t for b in batches for t in b.texts]  # type: ignore[union-attr]
+    return TokenBatch(input_ids=ids, attention_mask=mask, meta=meta, texts=texts, task=batches[0].task,
+                      params={"parts": [b.params for b in batches]})
+
+
+def dedupe(batch: TokenBatch) -> TokenBatch:
+    """Drop repeated prompts (identical token ids), keeping the first."""
+    seen, keep = set(), []
+    for i in range(len(batch)):
+        key = tuple(batch.input_ids[i, : int(batch.lengths[i])].tolist())
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return batch if len(keep) == len(batch) else batch.select(keep)

@@ -29,12 +29,12 @@ from headmine.causal.factual_recall.common import (
     check_fact_batch,
     decode_direction,
     final_rms,
-    lens_logits,
     sub_batches,
     written_attn,
     written_heads,
     written_mlp,
 )
+from headmine.causal.logit_lens import lens_logits
 from headmine.core.errors import InputError
 from headmine.core.ids import Site
 from headmine.models.loading import LoadedModel

@@ -2,7 +2,7 @@
 
 Choices (stated, not taken from the paper, whose exact procedure is unverified, METHODS.md §2.5):
 - Readout after layer ``l`` = the model's own final norm + unembedding (+ soft-cap) applied to the
-  residual stream at the prediction position (:func:`common.lens_logits`). Index 0 is the embedding
+  residual stream at the prediction position (:func:`headmine.causal.logit_lens.logit_lens`). Index 0 is the embedding
   output, index ``n_layers`` the model's final logits (exact, not an approximation).
 - "Last-layer drop" for a prompt: ``p_final < p_after_layer(L-1)``, i.e. the last layer lowers the
   answer's probability. ``drop_share(k)`` generalises to "final below the maximum over the k layers
@@ -16,15 +16,9 @@ from typing import Any
 
 import torch
 
-from headmine.capture import CaptureSpec, run_capture
-from headmine.causal.factual_recall.common import (
-    answer_stats,
-    as_list,
-    check_fact_batch,
-    lens_logits,
-    sub_batches,
-)
-from headmine.core.ids import Site
+from headmine.causal.factual_recall.common import as_list, check_fact_batch, sub_batches
+from headmine.causal.logit_lens import logit_lens
+from headmine.causal.metrics import AnswerMetric
 from headmine.models.loading import LoadedModel
 from headmine.tasks.base import TokenBatch
 
@@ -90,19 +84,12 @@ def answer_trajectory(lm: LoadedModel, batch: TokenBatch, *, batch_size: int = 8
     """Logit-lens probability and rank of each prompt's answer after every layer (one capture per sub-batch)."""
     check_fact_batch(batch)
     probs, ranks, lps = [], [], []
-    n = lm.geometry.n_layers
     for sub in sub_batches(batch, batch_size):
-        end = sub.meta["end_pos"]
-        spec = CaptureSpec(sites=frozenset({Site.RESID}), query_positions=end, keep_logits=False)
-        rec = run_capture(lm, spec, sub.input_ids, sub.attention_mask)
-        resid = torch.stack([rec.resid[i][:, 0] for i in range(n + 1)], dim=1)  # [b, L+1, d]
-        with torch.no_grad():
-            logits = lens_logits(lm, resid)
-        p, r, lp = answer_stats(logits, sub.meta["target_id"])
-        probs.append(p.cpu())
-        ranks.append(r.cpu())
-        lps.append(lp.cpu())
-        del rec, logits
+        metric = AnswerMetric(kind="answer_logprob", end_pos=sub.meta["end_pos"], target_id=sub.meta["target_id"])
+        lens = logit_lens(lm, sub.input_ids, sub.attention_mask, metric)  # [L+1, b]
+        probs.append(lens.prob.T)
+        ranks.append(lens.rank.T)
+        lps.append(lens.logprob.T)
     shots = as_list(batch.meta["shots"]) if "shots" in batch.meta else [0] * len(batch)
     return Trajectory(torch.cat(probs), torch.cat(ranks), torch.cat(lps), list(batch.meta["relation"]),
                       [int(s) for s in shots])
