@@ -19,7 +19,6 @@ tokens that are predicted, i.e. targets; position 0 is never a target).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -128,7 +127,7 @@ def token_data(
     """GatingData from token ids: ``rows`` are prompts and ``targets`` their continuations (loss on the
     targets only), or, when ``targets`` is None, whole sequences scored on every token but the first."""
     if not rows:
-        raise InputError(f"{source or 'the data'} has no sequences", "give at least one prompt")
+        raise InputError(f"{source or 'the data'} is empty: no sequences", "give at least one prompt")
     seqs, masks = [], []
     for i, prompt in enumerate(rows):
         prompt = list(prompt)
@@ -170,57 +169,49 @@ def prompt_target_data(lm: LoadedModel, pairs: Sequence[tuple[str, str]], *, sou
                       texts=[p + t for p, t in pairs], source=source)
 
 
-def text_data(lm: LoadedModel, texts: Sequence[str], *, max_tokens: int | None = None, source: str = "") -> GatingData:
-    """Plain texts -> GatingData scored on every token. Texts longer than ``max_tokens`` are split into
-    consecutive windows of that length; with ``max_tokens=None`` a text longer than the context is an error."""
-    tok = lm.tokenizer
-    rows, kept = [], []
-    for text in texts:
-        ids = list(tok(text, add_special_tokens=True)["input_ids"])
-        if max_tokens is not None:
-            for start in range(0, len(ids), max_tokens):
-                chunk = ids[start : start + max_tokens]
-                if len(chunk) >= 2:
-                    rows.append(chunk)
-                    kept.append(tok.decode(chunk))
-        elif len(ids) >= 2:
-            rows.append(ids)
-            kept.append(text)
-    if not rows:
-        raise InputError(f"{source or 'the text'} has no sequence of at least 2 tokens", "give a non-empty text file")
-    return token_data(rows, None, n_ctx=lm.geometry.n_ctx, pad=_pad_id(tok), texts=kept, source=source)
+def from_token_batch(batch: Any, *, source: str | None = None) -> GatingData:
+    """GatingData from a ``tasks`` TokenBatch that carries ``meta["loss_mask"]`` (``next_token_dataset``)."""
+    if "loss_mask" not in batch.meta:
+        raise InputError(f"batch of task {batch.task!r} has no loss_mask", "build it with tasks.next_token_dataset()")
+    return GatingData(input_ids=batch.input_ids, attention_mask=batch.attention_mask, loss_mask=batch.meta["loss_mask"],
+                      texts=batch.texts, source=source or batch.task)
 
 
-def load_data_file(lm: LoadedModel, path: str | Path, *, max_tokens: int = 128, limit: int | None = None) -> GatingData:
-    """A ``.jsonl`` file of ``{"prompt": ..., "target": ...}`` rows (loss on the target), or any other
-    text file (paragraphs separated by blank lines, split into windows of ``max_tokens``, loss on every token)."""
+def from_prompt_set(prompts: Any, *, n_ctx: int | None = None) -> GatingData:
+    """GatingData from a ``tasks`` PromptSet: each clean prompt followed by its target tokens (loss on
+    the target only)."""
+    items = prompts.items
+    return token_data([it.ids for it in items], [it.target_ids for it in items], n_ctx=n_ctx,
+                      pad=_pad_id(prompts.tokenizer), texts=[it.prompt + it.target for it in items],
+                      source=prompts.task)
+
+
+def load_data_file(lm: LoadedModel, path: str | Path, *, limit: int | None = None,
+                   truncation: str = "error") -> GatingData:
+    """A ``.jsonl`` file of ``{"prompt": ..., "target": ...}`` rows (loss on the target), or a plain text
+    file (documents separated by blank lines, loss on every token), via ``tasks.next_token_dataset``.
+    Sequences longer than the model's context raise InputError unless ``truncation`` is "truncate"/"chunk"."""
+    from headmine.core.errors import TaskError
+    from headmine.tasks import next_token_dataset
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"data file {path} does not exist", "check the path")
-    raw = path.read_text(encoding="utf-8")
-    if not raw.strip():
+    if not path.read_text(encoding="utf-8", errors="replace").strip():
         raise InputError(f"data file {path} is empty", "give a text file or a JSONL file with prompt/target rows")
-    if path.suffix.lower() in (".jsonl", ".json"):
-        pairs = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{n} is not valid JSON ({err.msg})", "one JSON object per line") from err
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(row.get("target"), str):
-                raise InputError(f"{path}:{n} needs string fields 'prompt' and 'target'",
-                                 'write rows like {"prompt": "The capital of France is", "target": " Paris"}')
-            pairs.append((row["prompt"], row["target"]))
-        if limit is not None:
-            pairs = pairs[:limit]
-        if not pairs:
-            raise InputError(f"data file {path} has no rows", "add prompt/target rows")
-        return prompt_target_data(lm, pairs, source=path.name)
-    paragraphs = [p.strip() for p in raw.split("\n\n") if p.strip()]
-    data = text_data(lm, paragraphs, max_tokens=max_tokens, source=path.name)
-    return data.subset(limit) if limit is not None else data
+    try:
+        batch = next_token_dataset(path, lm.tokenizer, max_length=lm.geometry.n_ctx, truncation=truncation, n=limit)
+    except TaskError as err:
+        raise InputError(err.problem, err.hint) from err
+    return from_token_batch(batch, source=path.name)
+
+
+def task_data(lm: LoadedModel, task: str, *, n: int = 64, seed: int = 0, **params: Any) -> tuple[GatingData, Any]:
+    """A built-in (or JSONL) causal task as GatingData (prompt + target, loss on the target), with its PromptSet."""
+    from headmine.tasks import load_task
+
+    prompts = load_task(task, lm.tokenizer, n=n, seed=seed, **params)
+    return from_prompt_set(prompts, n_ctx=lm.geometry.n_ctx), prompts
 
 
 def repeated_tokens_data(vocab: int, *, n: int = 32, length: int = 20, seed: int = 0, low: int = 0,
@@ -256,6 +247,7 @@ class CHGConfig:
     grad_clip: float = 1.0
     seeds: int = 10
     seed: int = 0
+    data_seed: int = 0
     init_range: tuple[float, float] = (0.0, 1.0)
     threshold: float = 0.5
     eval_rows: int = 64
@@ -264,7 +256,7 @@ class CHGConfig:
     @classmethod
     def preset_for(cls, name: str = "paper", **overrides: Any) -> CHGConfig:
         """``"paper"`` (appendix 6.2: 3 x 500 updates, batch 64, lr 0.1->0.01 then 0.5->0.1, 10 seeds) or
-        ``"quick"`` (CPU: 3 x 30 updates, batch 8, higher learning rates, 2 seeds)."""
+        ``"quick"`` (CPU: 3 x 20 updates, batch 8, higher learning rates, 2 seeds)."""
         if name not in PRESETS:
             raise InputError(f"unknown CHG preset {name!r}", f"use one of {sorted(PRESETS)}")
         known = {f.name for f in fields(cls)}
@@ -288,7 +280,7 @@ class CHGConfig:
 
 PRESETS: dict[str, CHGConfig] = {
     "paper": CHGConfig(),
-    "quick": CHGConfig(preset="quick", updates=(30, 30, 30), lrs=((0.5, 0.1), (0.5, 0.1), (0.5, 0.1)),
+    "quick": CHGConfig(preset="quick", updates=(20, 20, 20), lrs=((0.5, 0.1), (0.5, 0.1), (0.5, 0.1)),
                        batch_size=8, micro_batch=16, seeds=2, eval_rows=16),
 }
 
@@ -407,7 +399,7 @@ class CHGResult:
 
     def seed_agreement(self) -> dict[str, float]:
         """Mean pairwise agreement between seeds: Pearson r of F, N, I and the fraction of equal labels."""
-        k = self.G.shape[0]
+        k = self.G_plus.shape[0]
         if k < 2:
             return {}
         codes = self.label_codes().flatten(1)
@@ -574,7 +566,7 @@ def fit_chg(lm: LoadedModel, data: GatingData, config: CHGConfig | None = None, 
             done[stage] = 0
             continue
         res = fit_stage(chg_loss_fn(lm, data, lam, cfg), init, updates=cfg.updates[i], lr=cfg.lrs[i],
-                        grad_clip=cfg.grad_clip, batches=_Batches(len(data), cfg.batch_size, cfg.seed + 1000 * i),
+                        grad_clip=cfg.grad_clip, batches=_Batches(len(data), cfg.batch_size, cfg.data_seed + 1000 * i),
                         stage=stage, progress=progress)
         thetas[stage], curves[stage], done[stage], stopped = res.theta, res.curves, res.done, res.stopped
     return CHGResult(

@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 
 COMMAND_MODULES = [
+    "headmine.cli.gating",
     "headmine.cli.info",
     "headmine.cli.scan",
 ]

@@ -1,0 +1,242 @@
+"""Contrastive Causal Head Gating (CCHG, Nam et al. 2025 section 4.4; METHODS.md 1.6).
+
+One gate matrix that forgets a task in one format (the FORGET set) while keeping it in a matched
+format (the RETAIN set); rows of the two sets are paired by index (same underlying problem).
+Official loss (``ContrastiveCHGTrainer.get_loss``), per gate set::
+
+    lp_R, lp_F = per-row mean target log-prob on retain / forget rows
+    loss = -mean(lp_R) + mean(clamp(lp_F - stopgrad(lp_R), min=-max_diff)) - lam * mean(clamp(theta, -4, 4))
+
+with lam = +0.1 (pushes gates toward 1: the minimal removal that forgets), max_diff = 5, a fresh
+uniform random start and one stage. Evaluation: per-problem token accuracy (argmax = gold on every
+target token, averaged per problem) with the continuous gates applied as they are.
+
+Built-in demonstration pair: word-mapping problems (plural, past tense, antonym, capitalisation,
+capital city) as few-shot "Q:/A:" prompts vs as an instruction with one example.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headmine.causal.engine import intervening
+from headmine.causal.head_gating import (
+    GatingData,
+    Progress,
+    _Batches,
+    fit_stage,
+    gated_logprob,
+    init_logits,
+    prompt_target_data,
+)
+from headmine.causal.interventions import Gate
+from headmine.core.errors import InputError
+from headmine.models.loading import LoadedModel
+
+DATA_DIR = Path(__file__).parent / "data" / "contrast_pairs"
+
+INSTRUCTIONS = {
+    "antonym": "Given an input word, generate the word with opposite meaning.",
+    "capitalize": "Given an input word, generate the same word with a capital first letter.",
+    "country_capital": "Given a country name, generate the capital city.",
+    "present_past": "Given an input verb, generate its simple past inflection.",
+    "singular_plural": "Given an input noun, generate its plural inflection.",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContrastConfig:
+    """Hyper-parameters of a contrastive fit (``preset_for("paper"|"quick", **overrides)``)."""
+
+    preset: str = "paper"
+    updates: int = 500
+    lr: tuple[float, float] = (0.1, 0.01)
+    lam: float = 0.1
+    clamp: float = 4.0
+    max_diff: float = 5.0
+    batch_size: int = 64
+    micro_batch: int = 64
+    grad_clip: float = 1.0
+    seeds: int = 1
+    seed: int = 0
+    data_seed: int = 0
+    init_range: tuple[float, float] = (0.0, 1.0)
+
+    @classmethod
+    def preset_for(cls, name: str = "paper", **overrides: Any) -> ContrastConfig:
+        if name not in CONTRAST_PRESETS:
+            raise InputError(f"unknown contrastive preset {name!r}", f"use one of {sorted(CONTRAST_PRESETS)}")
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise InputError(f"unknown option(s) {bad}", f"valid options: {sorted(known)}")
+        return replace(CONTRAST_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+    def __post_init__(self) -> None:
+        if self.updates < 0 or self.batch_size < 1 or self.micro_batch < 1 or self.seeds < 1:
+            raise InputError("updates must be >= 0 and batch_size, micro_batch, seeds >= 1", f"got {self}")
+        if self.lr[0] <= 0 or self.lr[1] <= 0:
+            raise InputError(f"learning rates must be > 0, got {self.lr}", "e.g. lr=(0.1, 0.01)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CONTRAST_PRESETS = {
+    "paper": ContrastConfig(),
+    "quick": ContrastConfig(preset="quick", updates=30, lr=(0.5, 0.1), batch_size=8, micro_batch=16),
+}
+
+
+@dataclass
+class ContrastResult:
+    """Gates [K, L, H] of a contrastive fit; ``curves[name]`` [updates_done, K] for loss, retain_lp,
+    forget_lp, reg; ``status`` "complete" or "stopped" (non-finite loss; last good gates kept)."""
+
+    G: torch.Tensor
+    config: ContrastConfig
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    status: str = "complete"
+    message: str | None = None
+    duration_s: float = 0.0
+    updates_done: int = 0
+
+
+def check_pair(retain: GatingData, forget: GatingData) -> None:
+    if len(retain) != len(forget):
+        raise InputError(
+            f"the retain set has {len(retain)} rows but the forget set has {len(forget)}",
+            "pair the two sets row by row (row i of each = the same problem in two formats)",
+        )
+
+
+def contrast_loss_fn(lm: LoadedModel, retain: GatingData, forget: GatingData, cfg: ContrastConfig):
+    """loss_fn for :func:`fit_stage` (backward inside, micro-batched; returns the detached loss [K])."""
+
+    def fn(theta: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        k = theta.shape[0]
+        per_pass = max(1, cfg.micro_batch // k)
+        lp_r_all = torch.zeros(k)
+        lp_f_all = torch.zeros(k)
+        hinge_all = torch.zeros(k)
+        for start in range(0, len(rows), per_pass):
+            chunk = rows[start : start + per_pass]
+            gates = torch.sigmoid(theta)
+            lp_r = gated_logprob(lm, *retain.rows(chunk), gates)  # [K, b]
+            (-lp_r.sum(1) / len(rows)).sum().backward()
+            lp_f = gated_logprob(lm, *forget.rows(chunk), torch.sigmoid(theta))
+            hinge = (lp_f - lp_r.detach()).clamp(min=-cfg.max_diff)
+            (hinge.sum(1) / len(rows)).sum().backward()
+            lp_r_all += lp_r.detach().sum(1).cpu() / len(rows)
+            lp_f_all += lp_f.detach().sum(1).cpu() / len(rows)
+            hinge_all += hinge.detach().sum(1).cpu() / len(rows)
+        reg = theta.clamp(-cfg.clamp, cfg.clamp).mean(dim=(1, 2))
+        if cfg.lam:
+            (-cfg.lam * reg).sum().backward()
+        loss = -lp_r_all + hinge_all - cfg.lam * reg.detach().cpu()
+        return loss, {"retain_lp": lp_r_all, "forget_lp": lp_f_all, "reg": reg.detach().cpu()}
+
+    return fn
+
+
+def fit_contrastive(lm: LoadedModel, retain: GatingData, forget: GatingData, config: ContrastConfig | None = None,
+                    *, progress: Progress | None = None) -> ContrastResult:
+    """Fit the contrastive gates (one stage from a fresh uniform start)."""
+    cfg = config or ContrastConfig()
+    check_pair(retain, forget)
+    if any(p.requires_grad for p in lm.model.parameters()):
+        raise InputError("the model has trainable parameters; CCHG needs a frozen model", "call requires_grad_(False)")
+    for d in (retain, forget):
+        lm.check_length(int(d.attention_mask.sum(1).max()))
+    g = lm.geometry
+    start = time.perf_counter()
+    theta0 = init_logits(cfg.seeds, g.n_layers, g.n_heads, seed=cfg.seed, init_range=cfg.init_range)
+    res = fit_stage(contrast_loss_fn(lm, retain, forget, cfg), theta0, updates=cfg.updates, lr=cfg.lr,
+                    grad_clip=cfg.grad_clip, batches=_Batches(len(retain), cfg.batch_size, cfg.data_seed + 7),
+                    stage="contrast", progress=progress)
+    return ContrastResult(G=torch.sigmoid(res.theta), config=cfg, curves=res.curves,
+                          status="stopped" if res.stopped else "complete", message=res.stopped,
+                          duration_s=time.perf_counter() - start, updates_done=res.done)
+
+
+@torch.no_grad()
+def token_accuracy(lm: LoadedModel, data: GatingData, gates: torch.Tensor | None = None, *,
+                   micro_batch: int = 32) -> torch.Tensor:
+    """Per-problem token accuracy [rows]: fraction of target tokens where the argmax is the gold token.
+    ``gates`` [L, H] (continuous values applied as they are) or None for the plain model."""
+    out = []
+    for start in range(0, len(data), micro_batch):
+        ids, att, lmask = data.rows(range(start, min(start + micro_batch, len(data))))
+        ids, att, lmask = ids.to(lm.device), att.to(lm.device), lmask.to(lm.device)
+        ivs = [] if gates is None else [Gate(factors=gates.to(lm.device))]
+        with intervening(lm, ivs):
+            logits = lm.model(input_ids=ids, attention_mask=att).logits
+        hit = (logits[:, :-1].argmax(-1) == ids[:, 1:]) & lmask[:, 1:]
+        out.append(hit.sum(1).float().cpu() / lmask[:, 1:].sum(1).clamp_min(1).float().cpu())
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- built-in pair
+def word_table(name: str) -> list[tuple[str, str]]:
+    path = DATA_DIR / f"{name}.tsv"
+    if not path.is_file():
+        raise InputError(f"no built-in word-mapping table {name!r}", f"use one of {sorted(INSTRUCTIONS)}")
+    with path.open(encoding="utf-8") as fh:
+        return [(r[0], r[1]) for r in csv.reader(fh, delimiter="\t") if len(r) >= 2]
+
+
+def _qa(x: str, y: str | None = None) -> str:
+    return f"Q: {x}\nA:" + ("" if y is None else f" {y}")
+
+
+def contrast_pair_prompts(*, tasks: tuple[str, ...] = tuple(INSTRUCTIONS), shots: int = 5, n_pool: int = 10,
+                          split: str = "train", seed: int = 0) -> dict[str, list[tuple[str, str]]]:
+    """(prompt, target) lists ``{"fewshot": [...], "instruction": [...]}``, paired row by row.
+
+    Per task the first ``n_pool`` table rows are the example pool; the remaining rows are split by
+    alternation into train (even) and eval (odd) queries. Few-shot: ``shots`` pool examples as
+    "Q: x\\nA: y" blocks separated by blank lines, then the query. Instruction: the task's instruction,
+    one pool example, then the query. Targets are " y" (leading space).
+    """
+    if split not in ("train", "eval", "all"):
+        raise InputError(f"unknown split {split!r}", "use train, eval or all")
+    rnd = random.Random(seed)
+    few, inst = [], []
+    for task in tasks:
+        table = word_table(task)
+        pool, rest = table[:n_pool], table[n_pool:]
+        queries = rest if split == "all" else rest[0::2] if split == "train" else rest[1::2]
+        for x, y in queries:
+            ex = rnd.sample(pool, min(shots, len(pool)))
+            few.append(("\n\n".join([_qa(a, b) for a, b in ex] + [_qa(x)]), f" {y}"))
+            inst.append((f"{INSTRUCTIONS[task]}\n\n" + "\n\n".join([_qa(*ex[0]), _qa(x)]), f" {y}"))
+    return {"fewshot": few, "instruction": inst}
+
+
+def builtin_contrast_pair(lm: LoadedModel, *, forget: str = "instruction", split: str = "train", shots: int = 5,
+                          seed: int = 0, tasks: tuple[str, ...] = tuple(INSTRUCTIONS)) -> tuple[GatingData, GatingData]:
+    """(retain, forget) GatingData of the built-in demonstration pair; ``forget`` is the format to forget."""
+    if forget not in ("instruction", "fewshot"):
+        raise InputError(f"unknown format {forget!r}", "forget 'instruction' or 'fewshot'")
+    prompts = contrast_pair_prompts(tasks=tasks, shots=shots, split=split, seed=seed)
+    keep = "fewshot" if forget == "instruction" else "instruction"
+    return (prompt_target_data(lm, prompts[keep], source=f"builtin:{keep}:{split}"),
+            prompt_target_data(lm, prompts[forget], source=f"builtin:{forget}:{split}"))
+
+
+def load_pair_files(lm: LoadedModel, retain: str | Path, forget: str | Path, *, limit: int | None = None
+                    ) -> tuple[GatingData, GatingData]:
+    """Retain / forget JSONL (or text) files, checked to pair row by row."""
+    from headmine.causal.head_gating import load_data_file
+
+    r, f = load_data_file(lm, retain, limit=limit), load_data_file(lm, forget, limit=limit)
+    check_pair(r, f)
+    return r, f

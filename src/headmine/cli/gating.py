@@ -1,0 +1,161 @@
+"""`headmine gate` (Causal Head Gating) and `headmine gate-contrast` (contrastive CHG)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from headmine.cli.common import console, friendly_errors, load_with_status
+from headmine.core.errors import InputError
+
+
+@contextmanager
+def stage_bars() -> Iterator[Callable[[str, int, int, float], None]]:
+    """A rich progress bar per stage; the callback shows the current loss."""
+    bars: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+
+        def update(stage: str, step: int, total: int, loss: float) -> None:
+            if stage not in bars:
+                bars[stage] = progress.add_task(f"stage {stage}", total=total, loss="-")
+            progress.update(bars[stage], completed=step, loss="-" if loss != loss else f"{loss:.4f}")
+
+        yield update
+
+
+def _updates(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError as err:
+        raise InputError(f"--updates {text!r} is not a list of integers", "e.g. --updates 500,500,500 or --updates 50") from err
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3:
+        raise InputError(f"--updates takes 1 or 3 numbers, got {len(vals)}", "e.g. --updates 500,500,500")
+    return (vals[0], vals[1], vals[2])
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @friendly_errors
+    def gate(
+        model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id"),
+        data: Path = typer.Option(None, "--data", help=".jsonl with prompt/target rows (loss on target) or a text file"),
+        task: str = typer.Option(None, "--task", help="a built-in task (ioi, factual, induction, ...)"),
+        n: int = typer.Option(64, help="prompts to build for --task (or rows kept from --data)"),
+        seeds: int = typer.Option(None, help="gate sets fitted together in one batched pass (K)"),
+        preset: str = typer.Option("quick", help="quick (CPU, minutes) or paper (3 x 500 updates, batch 64)"),
+        updates: str = typer.Option(None, help="updates per stage: one number or three (lam=0, G+, G-)"),
+        batch_size: int = typer.Option(None, help="rows per update"),
+        micro_batch: int = typer.Option(None, help="rows x seeds per forward pass (gradient accumulation)"),
+        lam: float = typer.Option(None, help="regulariser weight (G+ uses +lam, G- uses -lam)"),
+        seed: int = typer.Option(0, help="base seed (gate inits, data order, task prompts)"),
+        truncation: str = typer.Option("error", help="for --data: error | truncate | chunk (text files)"),
+        atlas: Path = typer.Option(Path("atlas.db"), help="atlas file to write the run into"),
+        no_atlas: bool = typer.Option(False, "--no-atlas", help="do not write the atlas"),
+        no_ablation: bool = typer.Option(False, "--no-ablation", help="skip the targeted-ablation check"),
+        no_agreement: bool = typer.Option(False, "--no-agreement", help="skip the agreement with activation patching"),
+    ) -> None:
+        """Causal Head Gating: which heads facilitate, interfere with or are irrelevant to a task."""
+        from headmine.causal.head_gating import LABELS, CHGConfig, load_data_file, task_data
+        from headmine.pipeline.gating import gate_model, write_gate
+
+        if (data is None) == (task is None):
+            raise InputError("give exactly one of --data FILE or --task NAME", "e.g. --task ioi or --data prompts.jsonl")
+        cfg = CHGConfig.preset_for(preset, seeds=seeds, updates=_updates(updates), batch_size=batch_size,
+                                   micro_batch=micro_batch, lam=lam, seed=seed)
+        lm = load_with_status(model)
+        prompts = None
+        if data is not None:
+            ds = load_data_file(lm, data, limit=n, truncation=truncation)
+            name = data.name
+        else:
+            ds, prompts = task_data(lm, task, n=n, seed=seed)
+            name = task
+        console.print(f"CHG on {name}: {len(ds)} rows, {cfg.seeds} seed(s), updates {cfg.updates}, batch {cfg.batch_size}")
+        with stage_bars() as bars:
+            report = gate_model(lm, ds, cfg, task=name, prompts=prompts, ablation=not no_ablation,
+                                agreement=not no_agreement, progress=bars)
+        res = report.result
+        if res.status != "complete":
+            console.print(f"[yellow]stopped early:[/] {res.message}")
+        shares = res.shares()
+        table = Table(title=f"CHG {model} / {name} ({cfg.seeds} seeds, {res.duration_s:.0f} s)")
+        table.add_column("label")
+        table.add_column("share of heads (pooled seeds)", justify="right")
+        table.add_column("always", justify="right")
+        table.add_column("any", justify="right")
+        for lab, key in zip(LABELS, ("F", "N", "I", None, None), strict=True):
+            table.add_row(lab, f"{shares[lab]:.1%}", f"{shares[key + '_always']:.1%}" if key else "",
+                          f"{shares[key + '_any']:.1%}" if key else "")
+        console.print(table)
+        if res.G.shape[0] > 1:
+            agr = res.seed_agreement()
+            console.print("seed agreement: " + ", ".join(f"{k} {v:.2f}" for k, v in agr.items()))
+        if report.ablation:
+            console.print(f"targeted ablation (delta log-prob, top-k := 0 vs 1), k = {list(report.ks)}")
+            for k, v in report.ablation.items():
+                console.print(f"  by {k}: " + " ".join(f"{x:+.3f}" for x in v))
+        if report.agreement:
+            a = report.agreement
+            console.print(f"patching agreement: {a['n_mediating']} mediating heads, mean F {a['mean_mediating']:.2f} vs "
+                          f"{a['mean_other']:.2f}, Welch t({a['df']:.1f}) = {a['t']:.2f}, p = {a['p']:.2g}")
+        if not no_atlas:
+            run_id = write_gate(report, atlas)
+            console.print(f"wrote run {run_id} to {atlas}")
+
+    @app.command("gate-contrast")
+    @friendly_errors
+    def gate_contrast(
+        model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id"),
+        retain: Path = typer.Option(None, "--retain", help="retain set (.jsonl prompt/target), paired row by row"),
+        forget: Path = typer.Option(None, "--forget", help="forget set (.jsonl prompt/target), paired row by row"),
+        builtin: str = typer.Option(None, "--builtin", help="built-in pair: the format to forget (instruction | fewshot)"),
+        shots: int = typer.Option(5, help="examples in the built-in few-shot prompts"),
+        n: int = typer.Option(None, help="rows kept from --retain/--forget"),
+        seeds: int = typer.Option(None, help="gate sets fitted together"),
+        preset: str = typer.Option("quick", help="quick or paper (500 updates, lr 0.1 -> 0.01, batch 64)"),
+        updates: int = typer.Option(None, help="updates"),
+        batch_size: int = typer.Option(None, help="rows per update"),
+        seed: int = typer.Option(0, help="base seed"),
+        atlas: Path = typer.Option(Path("atlas.db"), help="atlas file to write the run into"),
+        no_atlas: bool = typer.Option(False, "--no-atlas", help="do not write the atlas"),
+    ) -> None:
+        """Contrastive CHG: gates that forget the --forget format while keeping the --retain one."""
+        from headmine.causal.contrastive_gating import ContrastConfig, builtin_contrast_pair, load_pair_files
+        from headmine.pipeline.gating import contrast_model, write_contrast
+
+        if builtin is None and (retain is None or forget is None):
+            raise InputError("give --retain A --forget B, or --builtin instruction|fewshot", "e.g. --builtin instruction")
+        cfg = ContrastConfig.preset_for(preset, seeds=seeds, updates=updates, batch_size=batch_size, seed=seed)
+        lm = load_with_status(model)
+        ev_r = ev_f = None
+        if builtin is not None:
+            r, f = builtin_contrast_pair(lm, forget=builtin, split="train", shots=shots, seed=seed)
+            ev_r, ev_f = builtin_contrast_pair(lm, forget=builtin, split="eval", shots=shots, seed=seed + 1)
+        else:
+            r, f = load_pair_files(lm, retain, forget, limit=n)
+        console.print(f"contrastive CHG: retain {r.source} / forget {f.source}, {len(r)} pairs, {cfg.updates} updates")
+        with stage_bars() as bars:
+            report = contrast_model(lm, r, f, cfg, eval_retain=ev_r, eval_forget=ev_f, progress=bars)
+        if report.result.status != "complete":
+            console.print(f"[yellow]stopped early:[/] {report.result.message}")
+        a = report.accuracy
+        table = Table(title="token accuracy per problem (mean)")
+        for col in ("format", "without gates", "with gates"):
+            table.add_column(col)
+        table.add_row(f"retain ({r.source})", f"{a['retain_before']:.1%}", f"{a['retain_after']:.1%}")
+        table.add_row(f"forget ({f.source})", f"{a['forget_before']:.1%}", f"{a['forget_after']:.1%}")
+        console.print(table)
+        if not no_atlas:
+            run_id = write_contrast(report, atlas)
+            console.print(f"wrote run {run_id} to {atlas}")

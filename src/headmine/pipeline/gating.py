@@ -1,0 +1,251 @@
+"""CHG and contrastive CHG end to end: data -> fit -> validation -> atlas (one transaction).
+
+```python
+from headmine.pipeline.gating import gate_model, write_gate
+report = gate_model(lm, data, CHGConfig.preset_for("quick"), prompts=prompt_set)   # prompt_set: optional
+run_id = write_gate(report, "atlas.db")
+```
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headmine.causal.contrastive_gating import ContrastConfig, ContrastResult, fit_contrastive, token_accuracy
+from headmine.causal.head_gating import (
+    LABELS,
+    CHGConfig,
+    CHGResult,
+    GatingData,
+    Progress,
+    default_ks,
+    fit_chg,
+    mediating_heads,
+    patching_agreement,
+    targeted_ablation,
+)
+from headmine.core.errors import InputError
+from headmine.models.loading import LoadedModel
+
+QUICK_KS = (1, 4, 16, 64)
+
+
+@dataclass
+class GateReport:
+    """A CHG run with its validation: ``ablation[name]`` = delta per k (``ks``), ``agreement`` = Welch test."""
+
+    model: str
+    model_info: dict[str, Any]
+    task: str
+    data: GatingData
+    result: CHGResult
+    ks: tuple[int, ...] = ()
+    ablation: dict[str, np.ndarray] = field(default_factory=dict)
+    agreement: dict[str, Any] | None = None
+    patching_effects: torch.Tensor | None = None
+    started_at: str | None = None
+    duration_s: float = 0.0
+
+
+def patching_effects(lm: LoadedModel, prompts: Any, *, max_rows: int = 256) -> torch.Tensor:
+    """Per-head denoising activation patching [L, H] (``causal.activation_patching``): the corrupted run
+    with one head's z taken from the clean run (all positions); mean change of the task metric over prompts
+    (the paper's CMA: recovery of the clean behaviour)."""
+    from headmine.causal.activation_patching import activation_patching
+    from headmine.causal.metrics import AnswerMetric
+
+    if not prompts.has_corrupted:
+        raise InputError(f"task {prompts.task!r} has no corrupted prompts", "agreement needs clean/corrupted pairs")
+    clean, corr = prompts.clean_batch(), prompts.corrupted_batch()
+    metric = AnswerMetric.from_batch(clean)
+    eff = activation_patching(lm, clean.input_ids, clean.attention_mask, corr.input_ids, corr.attention_mask, metric,
+                              direction="denoising", max_rows=max_rows)
+    return eff.effects
+
+
+def gate_model(lm: LoadedModel, data: GatingData, config: CHGConfig | None = None, *, task: str | None = None,
+               prompts: Any = None, ablation: bool = True, agreement: bool = True,
+               progress: Progress | None = None) -> GateReport:
+    """Fit CHG, run the targeted-ablation check on seed 0 and, when ``prompts`` (a PromptSet) has
+    clean/corrupted pairs, the agreement with activation patching (Welch t-test on max-over-seeds F)."""
+    from headmine.atlas import utc_now
+
+    cfg = config or CHGConfig()
+    started = utc_now()
+    t0 = time.perf_counter()
+    res = fit_chg(lm, data, cfg, progress=progress)
+    g = lm.geometry
+    report = GateReport(model=lm.name, model_info=lm.provenance.to_dict(), task=task or data.source, data=data,
+                        result=res, started_at=started)
+    if ablation:
+        ks = cfg.ablation_ks or (QUICK_KS if cfg.preset == "quick" else default_ks(g.n_layers * g.n_heads))
+        ks = tuple(k for k in ks if k <= g.n_layers * g.n_heads)
+        ev = data.subset(cfg.eval_rows)
+        report.ks = ks
+        report.ablation = targeted_ablation(lm, ev, res.G_plus[0], {"F": res.F[0], "I": res.I[0], "N": res.N[0]},
+                                            ks, micro_batch=cfg.micro_batch)
+        if progress is not None:
+            progress("ablation", 1, 1, float("nan"))
+    if agreement and prompts is not None and getattr(prompts, "has_corrupted", False):
+        effects = patching_effects(lm, prompts)
+        report.patching_effects = effects
+        med = mediating_heads(effects)
+        report.agreement = {**patching_agreement(res.F.max(0).values, med),
+                            "mediating": [[h.layer, h.head] for h in med]}
+    report.duration_s = time.perf_counter() - t0
+    return report
+
+
+def _score_rows(res: CHGResult, method: str = "chg") -> list[Any]:
+    from headmine.atlas import ScoreRow
+
+    k = res.G.shape[0]
+    rows = []
+    mats = {"G": res.G, "G_plus": res.G_plus, "G_minus": res.G_minus, "F": res.F, "N": res.N, "I": res.I}
+    for name, m in mats.items():
+        mean, sd = m.mean(0), m.std(0) if k > 1 else torch.zeros_like(m[0])
+        for (layer, head), value in np.ndenumerate(mean.numpy()):
+            rows.append(ScoreRow(layer=layer, head=head, method=method, metric=name, value=float(value), n=k,
+                                 stderr=float(sd[layer, head]) / max(k, 1) ** 0.5 if k > 1 else None))
+    agg = res.aggregate()
+    for name, m in agg.items():
+        for (layer, head), value in np.ndenumerate(m.float().numpy()):
+            rows.append(ScoreRow(layer=layer, head=head, method=method, metric=name, value=float(value), n=k))
+    return rows
+
+
+def _label_rows(res: CHGResult, method: str = "chg") -> list[Any]:
+    """One label per head: its most frequent per-seed label, noted with the seed count (always / any)."""
+    from headmine.atlas import LabelRow
+
+    codes = res.label_codes()
+    k = codes.shape[0]
+    scores = {0: res.F, 1: res.N, 2: res.I, 3: res.F}
+    out = []
+    for layer in range(codes.shape[1]):
+        for head in range(codes.shape[2]):
+            counts = torch.bincount(codes[:, layer, head], minlength=len(LABELS))
+            best = int(counts.argmax())
+            if best == 4:
+                continue
+            c = int(counts[best])
+            agg = "always" if c == k else "any"
+            value = float(scores[best][:, layer, head].mean())
+            out.append(LabelRow(layer=layer, head=head, head_type=LABELS[best], method=method, value=value,
+                                threshold=res.config.threshold, note=f"{agg}: {c}/{k} seeds"))
+    return out
+
+
+def _input_rows(data: GatingData, role: str) -> list[Any]:
+    from headmine.atlas import InputRow
+
+    out = []
+    for i in range(len(data)):
+        n = int(data.attention_mask[i].sum())
+        ids = data.input_ids[i, :n].tolist()
+        targets = data.loss_mask[i, :n].nonzero().flatten().tolist()
+        out.append(InputRow(idx=i, token_ids=ids, role=role, text=None if data.texts is None else data.texts[i],
+                            meta={"target_positions": targets}))
+    return out
+
+
+def _curve_artifacts(curves: dict[str, dict[str, np.ndarray]] | dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for stage, value in curves.items():
+        if isinstance(value, dict):
+            for name, arr in value.items():
+                out[f"{prefix}{stage}/{name}"] = np.asarray(arr, dtype=np.float32)
+        else:
+            out[f"{prefix}{stage}"] = np.asarray(value, dtype=np.float32)
+    return out
+
+
+def write_gate(report: GateReport, atlas_path: str | Path, *, group_id: str | None = None) -> int:
+    """Write one ``chg`` run (scores, labels, inputs, G/G+/G-/F/N/I per seed, curves, validation) atomically."""
+    from headmine.atlas import Atlas, RunRecord
+
+    res = report.result
+    artifacts: dict[str, Any] = {
+        name: getattr(res, attr).numpy().astype(np.float32)
+        for name, attr in (("G", "G"), ("G_plus", "G_plus"), ("G_minus", "G_minus"), ("F", "F"), ("N", "N"), ("I", "I"))
+    }
+    artifacts["labels"] = res.label_codes().numpy().astype(np.int8)
+    artifacts["label_names"] = list(LABELS)
+    artifacts.update(_curve_artifacts(res.curves, "curve/"))
+    artifacts["summary"] = {"shares": res.shares(), "seed_agreement": res.seed_agreement(), "status": res.status,
+                            "message": res.message, "updates_done": res.updates_done, "fit_s": res.duration_s}
+    if report.ablation:
+        artifacts["targeted_ablation"] = {"ks": list(report.ks), **{k: [float(x) for x in v] for k, v in report.ablation.items()}}
+    if report.agreement is not None:
+        artifacts["patching_agreement"] = report.agreement
+    if report.patching_effects is not None:
+        artifacts["patching_effects"] = report.patching_effects.numpy().astype(np.float32)
+    run = RunRecord(kind="chg", model=report.model, model_info=report.model_info, task=report.task,
+                    params={**res.config.to_dict(), "data": report.data.source, "rows": len(report.data)},
+                    seeds=res.seeds, started_at=report.started_at, duration_s=report.duration_s,
+                    status=res.status, group_id=group_id, notes=res.message)
+    with Atlas.open(atlas_path) as db:
+        return db.write_run(run, scores=_score_rows(res), labels=_label_rows(res), inputs=_input_rows(report.data, "train"),
+                            artifacts=artifacts)
+
+
+@dataclass
+class ContrastReport:
+    model: str
+    model_info: dict[str, Any]
+    retain: GatingData
+    forget: GatingData
+    result: ContrastResult
+    accuracy: dict[str, float] = field(default_factory=dict)
+    started_at: str | None = None
+    duration_s: float = 0.0
+
+
+def contrast_model(lm: LoadedModel, retain: GatingData, forget: GatingData, config: ContrastConfig | None = None, *,
+                   eval_retain: GatingData | None = None, eval_forget: GatingData | None = None,
+                   progress: Progress | None = None) -> ContrastReport:
+    """Fit contrastive CHG and measure mean per-problem token accuracy on both formats (held-out rows when
+    given, else the training rows) with and without the gates (seed 0)."""
+    from headmine.atlas import utc_now
+
+    started = utc_now()
+    t0 = time.perf_counter()
+    res = fit_contrastive(lm, retain, forget, config, progress=progress)
+    er, ef = eval_retain or retain, eval_forget or forget
+    gates = res.G[0]
+    acc = {
+        "retain_before": float(token_accuracy(lm, er).mean()), "retain_after": float(token_accuracy(lm, er, gates).mean()),
+        "forget_before": float(token_accuracy(lm, ef).mean()), "forget_after": float(token_accuracy(lm, ef, gates).mean()),
+    }
+    return ContrastReport(model=lm.name, model_info=lm.provenance.to_dict(), retain=retain, forget=forget, result=res,
+                          accuracy=acc, started_at=started, duration_s=time.perf_counter() - t0)
+
+
+def write_contrast(report: ContrastReport, atlas_path: str | Path, *, group_id: str | None = None) -> int:
+    """Write one ``chg_contrast`` run: gate scores, gates per seed, curves, accuracies, both input sets."""
+    from headmine.atlas import Atlas, RunRecord, ScoreRow
+
+    res = report.result
+    k = res.G.shape[0]
+    mean = res.G.mean(0).numpy()
+    scores = [ScoreRow(layer=l_, head=h, method="chg_contrast", metric="G", value=float(v), n=k)
+              for (l_, h), v in np.ndenumerate(mean)]
+    scores += [ScoreRow(layer=l_, head=h, method="chg_contrast", metric="removed", value=float(1 - v), n=k)
+               for (l_, h), v in np.ndenumerate(mean)]
+    artifacts: dict[str, Any] = {"G": res.G.numpy().astype(np.float32), "accuracy": report.accuracy,
+                                 "summary": {"status": res.status, "message": res.message, "updates_done": res.updates_done}}
+    artifacts.update(_curve_artifacts(res.curves, "curve/"))
+    run = RunRecord(kind="chg_contrast", model=report.model, model_info=report.model_info,
+                    task=f"retain={report.retain.source};forget={report.forget.source}",
+                    params={**res.config.to_dict(), "rows": len(report.retain)}, seeds=[res.config.seed + i for i in range(k)],
+                    started_at=report.started_at, duration_s=report.duration_s, status=res.status, group_id=group_id,
+                    notes=res.message)
+    with Atlas.open(atlas_path) as db:
+        return db.write_run(run, scores=scores, inputs=_input_rows(report.retain, "retain") + _input_rows(report.forget, "forget"),
+                            artifacts=artifacts)

@@ -1,0 +1,201 @@
+"""Causal Head Gating on tiny random models: gradients, exactness, batching of seeds, labels, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from headmine.causal import head_gating as hg
+from headmine.causal.contrastive_gating import ContrastConfig, check_pair, fit_contrastive, token_accuracy
+from headmine.causal.head_gating import (
+    CHGConfig,
+    fit_chg,
+    gated_logprob,
+    label_codes,
+    mean_logprob,
+    repeated_tokens_data,
+    targeted_ablation,
+    token_data,
+)
+from headmine.core.errors import InputError
+from tests.tiny_models import VOCAB, tiny_model
+
+torch.set_num_threads(1)
+TINY = CHGConfig.preset_for("quick", updates=(4, 3, 3), seeds=2, batch_size=4, micro_batch=8, eval_rows=4)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama-gqa")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return repeated_tokens_data(VOCAB, n=6, length=8, seed=1)
+
+
+def _plain_logprob(lm, ids, att, lmask):
+    logits = lm.model(input_ids=ids, attention_mask=att).logits.float()
+    lp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    m = lmask[:, 1:].float()
+    return (lp * m).sum(1) / m.sum(1)
+
+
+def test_all_ones_gates_reproduce_plain_loss_exactly(lm, data):
+    ids, att, lmask = data.rows(range(len(data)))
+    with torch.no_grad():
+        plain = _plain_logprob(lm, ids, att, lmask)
+        ungated = gated_logprob(lm, ids, att, lmask, None)[0]
+        one = gated_logprob(lm, ids, att, lmask, torch.ones(3, 4))
+        many = gated_logprob(lm, ids, att, lmask, torch.ones(3, 3, 4))
+        with hg.intervening(lm, [hg.Gate(factors=torch.ones(3, 4))]):
+            gated_logits = lm.model(input_ids=ids, attention_mask=att).logits
+        plain_logits = lm.model(input_ids=ids, attention_mask=att).logits
+    assert torch.equal(gated_logits, plain_logits)
+    assert torch.equal(one[0], ungated)
+    for k in range(3):
+        assert torch.equal(many[k], ungated)
+    assert torch.allclose(ungated, plain, atol=1e-6)  # independent reference of the masked mean NLL
+
+
+def test_gradients_reach_only_gate_logits(lm, data):
+    ids, att, lmask = data.rows(range(4))
+    theta = torch.zeros(2, 3, 4, requires_grad=True)
+    lp = gated_logprob(lm, ids, att, lmask, torch.sigmoid(theta))
+    (-lp.mean()).backward()
+    assert theta.grad is not None and theta.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in lm.model.parameters())
+
+
+def test_padding_and_loss_mask(lm):
+    d = token_data([[5, 6, 7], [5, 6, 7, 8, 9, 10]], [[11, 12], [13]])
+    assert d.input_ids.shape == (2, 7)
+    assert d.loss_mask.tolist()[0] == [False] * 3 + [True] * 2 + [False] * 2
+    alone = token_data([[5, 6, 7]], [[11, 12]])
+    both = gated_logprob(lm, *d.rows([0, 1]), torch.ones(1, 3, 4))
+    one = gated_logprob(lm, *alone.rows([0]), torch.ones(1, 3, 4))
+    assert torch.allclose(both[0, 0], one[0, 0], atol=1e-5)
+
+
+def test_k_seeds_in_one_pass_equal_separate_fits(lm, data):
+    together = fit_chg(lm, data, TINY)
+    for k in range(2):
+        alone = fit_chg(lm, data, CHGConfig.preset_for("quick", **{**TINY.to_dict(), "preset": None, "seeds": 1, "seed": k}))
+        for a, b in ((together.G, alone.G), (together.G_plus, alone.G_plus), (together.G_minus, alone.G_minus)):
+            assert torch.allclose(a[k], b[0], atol=1e-4)
+    assert together.status == "complete"
+    assert together.G.shape == (2, 3, 4)
+    assert set(together.curves) == {"G", "G+", "G-"}
+    assert together.curves["G"]["nll"].shape == (4, 2)
+    assert torch.allclose(together.I, together.G_plus * (1 - together.G_minus))
+
+
+def test_regulariser_direction(lm, data):
+    """G+ (lam > 0) ends above G- (lam < 0) on average: the nudge goes the documented way."""
+    res = fit_chg(lm, data, CHGConfig.preset_for("quick", updates=(3, 8, 8), seeds=1, batch_size=4))
+    assert float(res.G_plus.mean()) > float(res.G.mean()) > float(res.G_minus.mean())
+
+
+def test_labels():
+    gp = torch.tensor([0.9, 0.1, 0.9, 0.1, 0.6])
+    gm = torch.tensor([0.9, 0.1, 0.1, 0.9, 0.45])
+    assert label_codes(gp, gm).tolist() == [0, 1, 2, 3, 4]
+    res = hg.CHGResult(G=gp.view(1, 1, 5), G_plus=torch.stack([gp, gp]).view(2, 1, 5), G_minus=torch.stack([gm, gm]).view(2, 1, 5),
+                       config=TINY)
+    agg = res.aggregate()
+    assert agg["F_always"].tolist() == [[True, False, False, False, False]]
+    assert res.seed_agreement()["label_agreement"] == 1.0
+    assert abs(sum(res.shares()[lab] for lab in hg.LABELS) - 1) < 1e-6
+
+
+def test_targeted_ablation_zero_at_k0_and_consistent(lm, data):
+    gp = torch.full((3, 4), 0.7)
+    out = targeted_ablation(lm, data, gp, {"F": torch.rand(3, 4)}, (1, 12))
+    assert out["F"].shape == (2,)
+    full_off = mean_logprob(lm, data, torch.zeros(3, 4)) - mean_logprob(lm, data, torch.ones(3, 4))
+    assert np.isclose(out["F"][1], float(full_off), atol=1e-4)
+
+
+def test_nan_loss_stops_with_last_good_gates(lm, data, monkeypatch):
+    real = hg.gated_logprob
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return out * float("nan") if calls["n"] > 3 else out
+
+    monkeypatch.setattr(hg, "gated_logprob", flaky)
+    cfg = CHGConfig.preset_for("quick", updates=(6, 3, 3), seeds=1, batch_size=4, micro_batch=8)
+    res = fit_chg(lm, data, cfg)
+    assert res.status == "stopped" and "non-finite" in (res.message or "")
+    assert res.updates_done == {"G": 3, "G+": 0, "G-": 0}
+    assert torch.isfinite(res.G).all() and torch.equal(res.G, res.G_plus)
+
+
+def test_bad_input(tmp_path, lm):
+    with pytest.raises(InputError, match="tokenises to nothing"):
+        token_data([[1, 2]], [[]])
+    with pytest.raises(InputError, match="context"):
+        token_data([list(range(70))], [[1]], n_ctx=64)
+    with pytest.raises(InputError, match="empty"):
+        token_data([], None)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(InputError, match="empty"):
+        hg.load_data_file(lm, empty)
+    with pytest.raises(InputError, match="does not exist"):
+        hg.load_data_file(lm, tmp_path / "missing.jsonl")
+    with pytest.raises(InputError, match="unknown CHG option"):
+        CHGConfig.preset_for("quick", updatez=3)
+    with pytest.raises(InputError, match="preset"):
+        CHGConfig.preset_for("fast")
+    a, b = token_data([[1, 2]], [[3]]), token_data([[1, 2], [4, 5]], [[3], [6]])
+    with pytest.raises(InputError, match="retain set has 1 rows"):
+        check_pair(a, b)
+    with pytest.raises(InputError, match="frozen"):
+        lm.model.lm_head.weight.requires_grad_(True)
+        try:
+            fit_chg(lm, a, TINY)
+        finally:
+            lm.model.lm_head.weight.requires_grad_(False)
+
+
+def test_presets_and_overrides():
+    q = CHGConfig.preset_for("quick", seeds=5)
+    assert q.seeds == 5 and q.preset == "quick" and q.updates == (20, 20, 20)
+    p = CHGConfig.preset_for("paper")
+    assert p.updates == (500, 500, 500) and p.batch_size == 64 and p.lrs[0] == (0.1, 0.01) and p.lam == 0.1
+    assert json.dumps(q.to_dict())
+
+
+def test_contrastive_fit_and_accuracy(lm, data):
+    forget = repeated_tokens_data(VOCAB, n=6, length=8, seed=2)
+    res = fit_contrastive(lm, data, forget, ContrastConfig.preset_for("quick", updates=4, batch_size=4))
+    assert res.G.shape == (1, 3, 4) and res.status == "complete"
+    assert set(res.curves) >= {"loss", "retain_lp", "forget_lp", "reg"}
+    plain = token_accuracy(lm, data)
+    ones = token_accuracy(lm, data, torch.ones(3, 4))
+    assert torch.equal(plain, ones) and plain.shape == (6,)
+
+
+def test_write_gate_to_atlas(tmp_path, lm, data):
+    from headmine.atlas import Atlas
+    from headmine.pipeline.gating import gate_model, write_gate
+
+    report = gate_model(lm, data, TINY, task="toy-repeat")
+    assert set(report.ablation) == {"F", "I", "N"}
+    path = tmp_path / "atlas.db"
+    run_id = write_gate(report, path)
+    with Atlas.open(path, readonly=True) as db:
+        run = db.run(run_id)
+        assert run.kind == "chg" and run.status == "complete"
+        scores = db.scores(run_id=run_id)
+        assert {"F", "N", "I", "G_plus", "F_always", "F_max"} <= set(scores["metric"])
+        assert len(db.inputs(run_id)) == len(data)
+        names = db.artifact_names(run_id)
+        assert {"G", "G_plus", "G_minus", "F", "N", "I", "labels", "curve/G/nll", "targeted_ablation"} <= set(names)
+        assert db.artifact(run_id, "F").shape == (2, 3, 4)
