@@ -1,0 +1,228 @@
+"""Orchestration of the factual-recall analysis (issue 6): prompts -> five analyses -> one atlas run.
+
+Choices: prompts come from the ``factual`` task (zero-shot and ``shots``-shot, duplicates dropped);
+argument passing and the MLP decomposition use the zero-shot prompts (the task's equal-length
+subject swaps); the trajectory, suppression and mitigation use all prompts. The mitigation is
+chosen on the training facts of the non-held-out relations with the first half of the corpus
+windows as its cost sample, and evaluated on held-out facts, held-out relations and the second half.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headmine.causal.factual_recall import (
+    Mitigation,
+    answer_trajectory,
+    argument_passing_heads,
+    choose_mitigation,
+    decompose_mlp,
+    evaluate_mitigation,
+    final_layer_suppression,
+    mlp_layer_scan,
+    split_facts,
+    token_frequency,
+)
+from headmine.causal.factual_recall.common import concat_batches
+from headmine.core.errors import TaskError
+from headmine.core.ids import HeadId
+from headmine.models.loading import LoadedModel
+from headmine.tasks import factual
+from headmine.tasks.base import TokenBatch
+
+
+@dataclass(frozen=True)
+class FactualConfig:
+    relations: list[str] | None = None          # None = the built-in relations
+    heldout_relations: list[str] | None = None  # None = the last relation
+    n_per_relation: int = 16
+    shots: int = 3                              # few-shot variant (0 = zero-shot only)
+    top_k: int = 3
+    max_cost: float = 0.05
+    frequency: str = "merge_rank"
+    corpus_windows: int = 8
+    window_len: int = 64
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
+class FactualReport:
+    model: str
+    config: FactualConfig
+    trajectory: dict[str, Any] = field(default_factory=dict)
+    trajectory_groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    argument: dict[str, Any] = field(default_factory=dict)
+    mlp_scan: list[dict[str, Any]] = field(default_factory=list)
+    decomposition: dict[str, Any] = field(default_factory=dict)
+    suppression: dict[str, Any] = field(default_factory=dict)
+    mitigation_candidates: list[dict[str, Any]] = field(default_factory=list)
+    mitigation: dict[str, Any] = field(default_factory=dict)
+    chosen: Mitigation | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    scores: list[Any] = field(default_factory=list)
+    inputs: list[Any] = field(default_factory=list)
+    run_id: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in ("scores", "inputs", "chosen", "config")} | {
+            "config": asdict(self.config)}
+
+
+def _dedupe_pair(clean: TokenBatch, corrupt: TokenBatch) -> tuple[TokenBatch, TokenBatch]:
+    seen, keep = set(), []
+    for i in range(len(clean)):
+        key = tuple(clean.input_ids[i, : int(clean.lengths[i])].tolist())
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return clean.select(keep), corrupt.select(keep)
+
+
+def build_prompts(lm: LoadedModel, cfg: FactualConfig) -> tuple[TokenBatch, TokenBatch, TokenBatch]:
+    """(zero-shot clean, zero-shot corrupted, all prompts) from the factual task."""
+    if lm.tokenizer is None:
+        raise TaskError(f"{lm.name} has no tokenizer", "the factual analysis needs a model with a tokenizer")
+    rels = cfg.relations
+    n_rel = len(rels) if rels else 4
+    ps0 = factual(lm.tokenizer, n=cfg.n_per_relation * n_rel, seed=cfg.seed, relations=rels, shots=0, metric="logit_diff")
+    clean0, corrupt0 = _dedupe_pair(ps0.clean_batch(), ps0.corrupted_batch())
+    parts = [clean0]
+    if cfg.shots:
+        psk = factual(lm.tokenizer, n=cfg.n_per_relation * n_rel, seed=cfg.seed + 1, relations=rels, shots=cfg.shots,
+                      require_equal_length=False)
+        parts.append(_dedupe_pair(psk.clean_batch(), psk.clean_batch())[0])
+    keep = ("target_id", "end_pos", "subject_span", "relation", "shots")
+    parts = [TokenBatch(input_ids=p.input_ids, attention_mask=p.attention_mask, meta={k: p.meta[k] for k in keep},
+                        texts=p.texts, task=p.task, params=p.params) for p in parts]
+    return clean0, corrupt0, concat_batches(parts)
+
+
+def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None) -> FactualReport:
+    """Run every analysis; returns the report (scores and inputs ready for the atlas)."""
+    from headmine.atlas import InputRow, ScoreRow
+    from headmine.tasks import natural_text
+
+    cfg = cfg or FactualConfig()
+    rep = FactualReport(model=lm.name, config=cfg)
+    t = time.perf_counter()
+    clean0, corrupt0, allp = build_prompts(lm, cfg)
+    relations = sorted(set(allp.meta["relation"]))
+    held = cfg.heldout_relations if cfg.heldout_relations is not None else [list(dict.fromkeys(allp.meta["relation"]))[-1]]
+    rep.timings["prompts"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    traj = answer_trajectory(lm, allp, batch_size=cfg.batch_size)
+    rep.trajectory = traj.summary()
+    rep.trajectory_groups = {k: v.summary() for k, v in traj.groups().items()}
+    rep.trajectory["mean_prob_by_layer"] = traj.prob.mean(0).tolist()
+    rep.trajectory["top1_by_layer"] = (traj.rank == 0).float().mean(0).tolist()
+    rep.timings["trajectory"] = time.perf_counter() - t
+    for i, (p, r) in enumerate(zip(traj.prob.mean(0).tolist(), (traj.rank == 0).float().mean(0).tolist(), strict=True)):
+        comp, layer = ("embed", 0) if i == 0 else ("layer", i - 1)
+        rep.scores += [ScoreRow(component=comp, layer=layer, method="factual_trajectory", metric="prob", value=p, n=len(traj.prob)),
+                       ScoreRow(component=comp, layer=layer, method="factual_trajectory", metric="top1", value=r, n=len(traj.prob))]
+    rep.scores.append(ScoreRow(component="layer", layer=lm.geometry.n_layers - 1, method="factual_trajectory",
+                               metric="drop_share", value=traj.drop_share(), n=len(traj.prob)))
+
+    t = time.perf_counter()
+    arg = argument_passing_heads(lm, clean0, corrupted=corrupt0, top_k=cfg.top_k, seed=cfg.seed)
+    rep.argument = {"table": arg.table(10), "check": arg.check, "ld_clean": arg.ld_clean, "ld_corrupt": arg.ld_corrupt,
+                    "n": arg.n, "decode_chance": arg.decode_chance}
+    for layer in range(lm.geometry.n_layers):
+        for h in range(lm.geometry.n_heads):
+            for metric, m in (("path_effect", arg.path_effect), ("attn_subject", arg.attn_subject), ("decode_acc", arg.decode_acc)):
+                rep.scores.append(ScoreRow(layer=layer, head=h, method="factual_argument_passing", metric=metric,
+                                           value=float(m[layer, h]), n=arg.n))
+    rep.timings["argument_passing"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    scan = mlp_layer_scan(lm, clean0, batch_size=cfg.batch_size)
+    for d in scan:
+        mean_auroc = sum(ic.answer_auroc for ic in d.intercepts.values()) / len(d.intercepts)
+        rep.mlp_scan.append({"layer": d.layer, "r2": d.r2, "r2_intercept_only": d.r2_intercept_only, "intercept_auroc": mean_auroc})
+        for metric, v in (("r2", d.r2), ("r2_intercept_only", d.r2_intercept_only), ("intercept_answer_auroc", mean_auroc)):
+            rep.scores.append(ScoreRow(component="mlp", layer=d.layer, method="factual_mlp_decomposition", metric=metric, value=v, n=d.n))
+    top = arg.top(cfg.top_k)
+    target_layer = top[0].layer
+    dec = decompose_mlp(lm, clean0, layer=target_layer, extra_heads=[h for h in top if h.layer < target_layer],
+                        batch_size=cfg.batch_size)
+    tok = lm.tokenizer
+    rep.decomposition = dec.summary() | {"intercept_top_tokens": {
+        r: [tok.decode([i]) for i in ic.top_tokens] for r, ic in dec.intercepts.items()}}
+    rep.timings["mlp_decomposition"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    freq = token_frequency(tok, cfg.frequency)
+    sup = final_layer_suppression(lm, allp, frequency=freq, batch_size=cfg.batch_size)
+    rep.suppression = {"layer": sup.layer, "first_token_attention": sup.first_token_attention, "components": sup.table(),
+                       "suppressors": sup.suppressors(), "frequency_proxy": cfg.frequency,
+                       "top_tokens": {c.name: [tok.decode([i]) for i in c.top_tokens] for c in sup.components},
+                       "bottom_tokens": {c.name: [tok.decode([i]) for i in c.bottom_tokens] for c in sup.components}}
+    for c in sup.components:
+        comp, head = ("head", int(c.name.split("H")[1])) if c.name.startswith("L") else ("mlp" if c.name.startswith("mlp") else "layer", -1)
+        for metric in ("answer_dlogp", "answer_dla", "frequency_corr", "first_token_attention"):
+            v = getattr(c, metric)
+            if v == v:
+                rep.scores.append(ScoreRow(component=comp, layer=sup.layer, head=head, method="factual_suppression",
+                                           metric=metric, value=v, n=sup.n))
+    rep.timings["suppression"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    splits = split_facts(allp, heldout_relations=held, seed=cfg.seed)
+    corpus = natural_text(tok, n=cfg.corpus_windows, seq_len=cfg.window_len, seed=cfg.seed).input_ids
+    half = max(1, corpus.shape[0] // 2)
+    sup_heads = [HeadId.parse(n) for n in sup.suppressors() if n.startswith("L")]
+    chosen, rows = choose_mitigation(lm, splits.train, corpus[:half], suppressor_heads=sup_heads, max_cost=cfg.max_cost)
+    rep.mitigation_candidates = rows
+    evals = {"train": splits.train, "heldout_facts": splits.heldout_facts}
+    if splits.heldout_relations is not None:
+        evals["heldout_relations"] = splits.heldout_relations
+    rep.mitigation = evaluate_mitigation(lm, chosen, evals, corpus[half:] if corpus.shape[0] > 1 else corpus, seed=cfg.seed)
+    rep.mitigation["heldout_relation_names"] = held
+    rep.chosen = chosen
+    rep.timings["mitigation"] = time.perf_counter() - t
+
+    for i in range(len(allp)):
+        n_tok = int(allp.lengths[i])
+        rep.inputs.append(InputRow(idx=i, token_ids=allp.input_ids[i, :n_tok].tolist(), role="clean",
+                                   text=allp.texts[i] if allp.texts else None,
+                                   meta={"relation": allp.meta["relation"][i], "target_id": int(allp.meta["target_id"][i]),
+                                         "shots": int(allp.meta["shots"][i])}))
+    rep.trajectory["relations"] = relations
+    return rep
+
+
+def write_factual(rep: FactualReport, lm: LoadedModel, atlas_path: str | Path) -> int:
+    """Write the report as one atlas run (scores, inputs, and the summary/mitigation as JSON artifacts)."""
+    from headmine.atlas import Atlas, RunRecord
+
+    chosen = rep.chosen
+    mit = None if chosen is None else {"name": chosen.name, "head_scales": [[h.layer, h.head, f] for h, f in chosen.head_scales],
+                                       "mlp_scales": [list(x) for x in chosen.mlp_scales],
+                                       "remove_directions": {str(k): v.tolist() for k, v in chosen.remove_directions.items()}}
+    with Atlas.open(atlas_path) as db:
+        run_id = db.write_run(
+            RunRecord(kind="factual", model=lm.name, model_info=lm.provenance.to_dict(), task="factual",
+                      params=asdict(rep.config), seeds=rep.config.seed, duration_s=sum(rep.timings.values())),
+            scores=rep.scores, inputs=rep.inputs,
+            artifacts={"summary": _jsonable(rep.summary()), "mitigation": mit or {}})
+    rep.run_id = run_id
+    return run_id
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, float) and x != x:
+        return None
+    return x
