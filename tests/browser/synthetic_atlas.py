@@ -1,0 +1,154 @@
+"""A schema-true synthetic atlas (written through Atlas.write_run) for report tests: no model needed.
+
+Runs mirror what the pipeline writes: a scan (detector scores, causal set rows, labels, inputs,
+``causal``/``detectors``/``timings``/``attn_examples`` artifacts), ablation and patching sweeps, a
+CHG run (G/F/N/I scores, labels, curves, targeted ablation) and a second model for comparisons.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from headmine.atlas import Atlas, InputRow, LabelRow, RunRecord, ScoreRow
+
+EVIL = "<script>alert(1)</script> \"quoted\" & 'single' </script><!-- \u2028x"
+N_LAYERS, N_HEADS = 4, 6
+INDUCTION = [(2, 1), (3, 4)]
+PREV = [(1, 2)]
+
+
+def _geometry(n_layers: int = N_LAYERS, n_heads: int = N_HEADS) -> dict:
+    return {"source": "synthetic", "file_hash": "0" * 12, "dtype": "float32", "attn_implementation": "eager",
+            "model_type": "llama", "geometry": {"n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": 2,
+                                                "d_head": 8, "d_model": 48}}
+
+
+def _map(rng: np.random.Generator, hot: list[tuple[int, int]], base: float = 0.05, hot_v: float = 0.9,
+         n_layers: int = N_LAYERS, n_heads: int = N_HEADS) -> np.ndarray:
+    m = rng.uniform(0, base * 2, size=(n_layers, n_heads))
+    for layer, head in hot:
+        if layer >= n_layers or head >= n_heads:
+            continue
+        m[layer, head] = hot_v - rng.uniform(0, 0.1)
+    return m
+
+
+def _rows(method: str, metric: str, m: np.ndarray, n: int = 16) -> list[ScoreRow]:
+    return [ScoreRow(layer=layer, head=head, method=method, metric=metric, value=float(v), n=n, stderr=0.01)
+            for (layer, head), v in np.ndenumerate(m)]
+
+
+def _attn(tokens: list[str], kind: str) -> list[list[float]]:
+    n = len(tokens)
+    rows = []
+    half = n // 2
+    for q in range(n):
+        row = [0.0] * (q + 1)
+        if kind == "prev" and q > 0:
+            row[q - 1] = 0.9
+            row[0] += 0.1
+        elif kind == "induction" and q >= half and q - half + 1 < n:
+            row[min(q, q - half + 1)] = 0.85
+            row[0] += 0.15
+        else:
+            row[0] = 1.0
+        rows.append(row)
+    return rows
+
+
+def write_scan(db: Atlas, model: str, seed: int = 0, *, text: str = EVIL, n_layers: int = N_LAYERS,
+               n_heads: int = N_HEADS) -> int:
+    rng = np.random.default_rng(seed)
+    ind = _map(rng, INDUCTION, n_layers=n_layers, n_heads=n_heads)
+    prev = _map(rng, PREV, n_layers=n_layers, n_heads=n_heads)
+    dup = _map(rng, [(1, 0)], n_layers=n_layers, n_heads=n_heads)
+    sink = _map(rng, [(0, 0), (0, 3)], base=0.3, n_layers=n_layers, n_heads=n_heads)
+    scores = _rows("induction", "score", ind) + _rows("previous_token", "score", prev)
+    scores += _rows("duplicate_token", "score", dup) + _rows("attention_sink", "score", sink)
+    scores.append(ScoreRow(layer=0, head=0, method="induction", metric="score_nan_demo", value=float("nan")))
+    scores += [ScoreRow(component="set", layer=-1, head=-1, method="causal:induction", metric=f"loss:{k}", value=v)
+               for k, v in (("clean", 2.1), ("topk_effect", 1.4), ("random_mean", 0.1))]
+    scores.append(ScoreRow(component="mlp", layer=1, method="dla", metric="logit", value=0.3))
+    labels = [LabelRow(layer=layer, head=head, head_type="Induction Head", method="induction", value=float(ind[layer, head]),
+                       threshold=0.4, note="causal: confirmed (top-2 +1.4 vs random +0.1)")
+              for layer, head in INDUCTION if layer < n_layers and head < n_heads]
+    labels += [LabelRow(layer=1, head=2, head_type="previous token head", method="previous_token",
+                        value=float(prev[1, 2]), threshold=0.4, note=text)]
+    labels += [LabelRow(layer=0, head=h, head_type="Attention Sink", method="attention_sink", value=float(sink[0, h]),
+                        threshold=0.5) for h in (0, 3)]
+    tokens = ["<s>", " The", " cat", " sat", " &", " <b>", text, " The", " cat", " sat", " &", " <b>"]
+    artifacts = {
+        "causal": {"induction": {"detector": "induction", "metric": "loss", "heads": ["L2H1", "L3H4"], "k": 2,
+                                 "clean": 2.1, "topk_effect": 1.4, "random_effects": [0.1, 0.05, 0.2],
+                                 "random_mean": 0.1167, "random_std": 0.07, "confirmed": True, "expected_sign": 1},
+                   "previous_token": {"detector": "previous_token", "metric": "loss", "heads": ["L1H2"], "k": 1,
+                                      "clean": 2.1, "topk_effect": 0.01, "random_effects": [0.1, 0.05],
+                                      "random_mean": 0.075, "random_std": 0.03, "confirmed": False, "expected_sign": 1}},
+        "timings": {"repeated_tokens": 1.5, "natural_text": 0.7},
+        "detectors": {"induction": {"head_type": "Induction Head", "stage": "Latent Reasoning", "task": "repeated_tokens",
+                                    "threshold": 0.4, "definition": "attention to the token after the previous copy"}},
+        "attn_examples": {
+            "examples": [{"name": "repeated <tokens>", "text": text, "tokens": tokens}],
+            "patterns": {"L2H1": [_attn(tokens, "induction")], "L1H2": [_attn(tokens, "prev")],
+                         "L0H0": [_attn(tokens, "sink")]},
+        },
+    }
+    inputs = [InputRow(idx=0, token_ids=[1, 2, 3, 4], role="repeated_tokens", text=text),
+              InputRow(idx=1, token_ids=[5, 6, 7], role="repeated_tokens"),
+              InputRow(idx=0, token_ids=[9, 8], role="natural_text", text="plain & simple")]
+    run = RunRecord(kind="scan", model=model, model_info=_geometry(n_layers, n_heads), task="natural_text,repeated_tokens",
+                    params={"config": {"batch_size": 8, "note": text}}, seeds={"seed": seed}, duration_s=3.2,
+                    notes=f"synthetic scan {text}")
+    return db.write_run(run, scores=scores, labels=labels, inputs=inputs, artifacts=artifacts)
+
+
+def write_causal(db: Atlas, model: str, seed: int = 1) -> list[int]:
+    rng = np.random.default_rng(seed)
+    ids = []
+    for kind, method in (("ablation", "ablation_zero"), ("patching", "activation_patching")):
+        eff = _map(rng, INDUCTION, base=0.1, hot_v=1.2)
+        ids.append(db.write_run(RunRecord(kind=kind, model=model, model_info=_geometry(), task="repeated_tokens",
+                                          params={"mode": "zero"}, duration_s=1.0),
+                                scores=_rows(method, "effect", eff, n=8)))
+    return ids
+
+
+def write_chg(db: Atlas, model: str, seed: int = 2) -> int:
+    rng = np.random.default_rng(seed)
+    k = 3
+    G = rng.uniform(0.2, 1.0, size=(k, N_LAYERS, N_HEADS)).astype(np.float32)
+    G[:, 2, 1] = 1.0
+    G_minus = rng.uniform(0.0, 0.6, size=(k, N_LAYERS, N_HEADS)).astype(np.float32)
+    G_minus[:, 2, 1] = 0.95
+    G_plus = np.clip(G + 0.1, 0, 1)
+    F, N, I_ = G_minus, 1 - G_plus, G_plus - G_minus
+    scores = []
+    for name, m in (("G", G), ("G_plus", G_plus), ("G_minus", G_minus), ("F", F), ("N", N), ("I", I_)):
+        scores += _rows("chg", name, m.mean(0), n=k)
+    labels = [LabelRow(layer=2, head=1, head_type="facilitating", method="chg", value=float(F[:, 2, 1].mean()),
+                       threshold=0.5, note="always: 3/3 seeds")]
+    steps = 40
+    loss = np.stack([np.linspace(3, 1, steps) + rng.normal(0, 0.05, steps) for _ in range(k)], axis=1).astype(np.float32)
+    artifacts = {"G": G, "F": F, "curve/G/loss": loss, "curve/G+/loss": loss * 0.9,
+                 "targeted_ablation": {"ks": [1, 4, 16], "F": [0.5, 1.2, 2.0], "N": [0.0, 0.1, 0.3]},
+                 "summary": {"status": "complete", "shares": {"facilitating": 0.1}}}
+    run = RunRecord(kind="chg", model=model, model_info=_geometry(), task="natural_text", params={"preset": "quick"},
+                    seeds=[0, 1, 2], duration_s=12.0)
+    return db.write_run(run, scores=scores, labels=labels, artifacts=artifacts,
+                        inputs=[InputRow(idx=0, token_ids=[1, 2, 3], role="train", text="The cat sat.",
+                                         meta={"target_positions": [1, 2]})])
+
+
+def build_synthetic_atlas(path: Path, *, second_model: bool = True) -> dict[str, int]:
+    """Write the synthetic atlas at ``path``; returns the run ids by name."""
+    ids: dict[str, int] = {}
+    with Atlas.open(path) as db:
+        ids["scan"] = write_scan(db, "synthetic-llama")
+        ids["ablation"], ids["patching"] = write_causal(db, "synthetic-llama")
+        ids["chg"] = write_chg(db, "synthetic-llama")
+        if second_model:
+            ids["scan_b"] = write_scan(db, "synthetic-gpt2", seed=7)
+            ids["scan_small"] = write_scan(db, "other/small model", seed=9, n_layers=3, n_heads=4)
+    return ids
