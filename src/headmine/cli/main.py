@@ -17,6 +17,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "headmine.cli.gating",
     "headmine.cli.info",
+    "headmine.cli.report",
     "headmine.cli.factual",
     "headmine.cli.scan",
 ]
