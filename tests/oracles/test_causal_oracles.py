@@ -172,14 +172,14 @@ def test_path_patching_to_receiver_keys_matches_oracle():
             [zz[:, :, :head], src[:, :, head:head + 1], zz[:, :, head + 1:]], 2))}
         for m in range(layer + 1, 2):
             replace[m] = lambda zz, src=zc[m]: src.clone()
-        box = {}
-        h = k_proj.register_forward_hook(lambda mod, a, out: box.__setitem__("k", out.detach().clone()))
+        box: dict = {}
+        h = k_proj.register_forward_hook(lambda mod, a, out, box=box: box.__setitem__("k", out.detach().clone()))
         try:
             run_replacing(model, ids, mask, replace)
         finally:
             h.remove()
 
-        def patch_k(mod, a, out):
+        def patch_k(mod, a, out, box=box):
             out = out.clone()
             out[..., receiver.head * d:(receiver.head + 1) * d] = box["k"][..., receiver.head * d:(receiver.head + 1) * d]
             return out
@@ -262,7 +262,7 @@ def test_dla_head_matches_manual_rmsnorm_linearisation():
 
 
 def test_logit_lens_matches_hidden_states():
-    lm, ids, _, mask, metric, (end, tgt, wrong) = setup("llama-gqa")
+    lm, ids, _, mask, metric, (end, tgt, _wrong) = setup("llama-gqa")
     res = logit_lens(lm, ids, mask, metric.with_kind("prob"))
     model = lm.model
     with torch.no_grad():

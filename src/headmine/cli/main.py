@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "headmine.cli.report",
     "headmine.cli.factual",
     "headmine.cli.scan",
+    "headmine.cli.causal",
 ]
 
 for _module in COMMAND_MODULES:
