@@ -286,11 +286,36 @@ PRESETS: dict[str, CHGConfig] = {
 
 
 # --------------------------------------------------------------------------- forward
-def _seq_logprob(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Per-row mean log-prob of the masked target tokens: [rows]. Only target positions are normalised."""
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _target_logits(lm: LoadedModel, ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [rows, P, vocab], column [T] mapping a position to its column or -1): logits only at the
+    positions that predict a target (``logits_to_keep``), when the model supports it."""
+    t = ids.shape[1]
+    keep = loss_mask[:, 1:].any(0).nonzero().flatten()
+    if _accepts_logits_to_keep(lm.model) and keep.numel() < t:
+        logits = lm.model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+    else:
+        keep = torch.arange(t, device=ids.device)
+        logits = lm.model(input_ids=ids, attention_mask=attention_mask).logits
+    column = torch.full((t,), -1, dtype=torch.long, device=ids.device)
+    column[keep] = torch.arange(keep.numel(), device=ids.device)
+    return logits, column
+
+
+def _seq_logprob(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor,
+                 column: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row mean log-prob of the masked target tokens: [rows]. Only target positions are normalised.
+    ``logits[:, column[t]]`` predicts token t+1 (``column`` None: the identity)."""
     mask = loss_mask[:, 1:]
     rows, pos = mask.nonzero(as_tuple=True)
-    sel = logits[rows, pos].float().log_softmax(-1)  # [n_targets, vocab]; logits at t predict token t+1
+    cols = pos if column is None else column[pos]
+    sel = logits[rows, cols].float().log_softmax(-1)  # [n_targets, vocab]
     lp = sel.gather(-1, ids[rows, pos + 1][:, None]).squeeze(-1)
     total = torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
     return total / mask.sum(1).clamp_min(1).to(lp.dtype)
@@ -301,15 +326,16 @@ def gated_logprob(lm: LoadedModel, ids: torch.Tensor, attention_mask: torch.Tens
     """Per-row mean target log-prob under each gate set: [K, rows] (``gates`` [K, L, H] or [L, H] or None).
 
     One forward pass: the rows are repeated K times and row k*B+b gets gate set k. Keeps the graph
-    when called under grad (gradients flow to ``gates``).
+    when called under grad (gradients flow to ``gates``). Logits are computed only at positions that
+    predict a target.
     """
     dev = lm.device
     ids, attention_mask, loss_mask = ids.to(dev), attention_mask.to(dev), loss_mask.to(dev)
     lm.check_length(ids.shape[1])
     b = ids.shape[0]
     if gates is None:
-        out = lm.model(input_ids=ids, attention_mask=attention_mask)
-        return _seq_logprob(out.logits, ids, loss_mask)[None]
+        logits, column = _target_logits(lm, ids, attention_mask, loss_mask)
+        return _seq_logprob(logits, ids, loss_mask, column)[None]
     if gates.dim() == 2:
         gates = gates[None]
     k = gates.shape[0]
@@ -317,8 +343,8 @@ def gated_logprob(lm: LoadedModel, ids: torch.Tensor, attention_mask: torch.Tens
     if k > 1:
         ids, attention_mask, loss_mask = ids.repeat(k, 1), attention_mask.repeat(k, 1), loss_mask.repeat(k, 1)
     with intervening(lm, [Gate(factors=factors.to(dev))]):
-        out = lm.model(input_ids=ids, attention_mask=attention_mask)
-    return _seq_logprob(out.logits, ids, loss_mask).view(k, b)
+        logits, column = _target_logits(lm, ids, attention_mask, loss_mask)
+    return _seq_logprob(logits, ids, loss_mask, column).view(k, b)
 
 
 @torch.no_grad()
