@@ -1,7 +1,7 @@
 (function () {
   "use strict";
   // headmine report script. Data comes from the JSON block #hm-data and enters the DOM through
-  // textContent / setAttribute only (never innerHTML), so atlas strings always render as text.
+  // textContent / setAttribute only (never as markup), so atlas strings always render as text.
   var SVGNS = "http://www.w3.org/2000/svg";
   var dataEl = document.getElementById("hm-data");
   var D = dataEl ? JSON.parse(dataEl.textContent) : {};
