@@ -156,6 +156,9 @@ def test_argument_passing_finds_planted_mover(toy: LoadedModel, facts: TokenBatc
     assert res.attn_subject[0, 0] > 0.95
     assert res.decode_acc[0, 0] == 1.0 and res.decode_acc[0, 1] < 0.6
     assert res.check["top_k_effect"] > 0.9 and abs(res.check["random_k_effect_mean"]) < 0.1
+    screened = argument_passing_heads(toy, facts, top_k=1, n_random=1, max_senders=2, max_pairs=10)
+    assert screened.ranked[0] == HeadId(0, 0) and int(torch.isnan(screened.path_effect).sum()) == 6
+    assert screened.n == 10 and screened.check["swept"] == 2
 
 
 def test_mlp_decomposition_finds_amplification_and_intercept(toy: LoadedModel, facts: TokenBatch) -> None:

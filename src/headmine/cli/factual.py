@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         cfg = FactualConfig(relations=_split(relation), heldout_relations=_split(heldout), n_per_relation=n, shots=shots,
                             top_k=top_k, max_cost=max_cost, seed=seed, batch_size=batch_size)
         with console.status("running the factual-recall analysis"):
-            rep = run_factual(lm, cfg)
+            rep = run_factual(lm, cfg, log=console.log)
         g = lm.geometry
 
         t = Table(title=f"answer trajectory (logit lens), {rep.trajectory['n']} prompts")

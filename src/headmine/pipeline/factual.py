@@ -10,6 +10,7 @@ windows as its cost sample, and evaluated on held-out facts, held-out relations 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,8 @@ def build_prompts(lm: LoadedModel, cfg: FactualConfig) -> tuple[TokenBatch, Toke
     return clean0, corrupt0, concat_batches(parts)
 
 
-def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None) -> FactualReport:
-    """Run every analysis; returns the report (scores and inputs ready for the atlas)."""
+def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Callable[[str], None] | None = None) -> FactualReport:
+    """Run every analysis; returns the report (scores and inputs ready for the atlas). ``log`` gets one line per stage."""
     from headmine.atlas import InputRow, ScoreRow
     from headmine.tasks import natural_text
 
@@ -115,6 +116,7 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None) -> FactualRep
     relations = sorted(set(allp.meta["relation"]))
     held = cfg.heldout_relations if cfg.heldout_relations is not None else [list(dict.fromkeys(allp.meta["relation"]))[-1]]
     rep.timings["prompts"] = time.perf_counter() - t
+    _log(log, "prompts", rep.timings["prompts"])
 
     t = time.perf_counter()
     traj = answer_trajectory(lm, allp, batch_size=cfg.batch_size)
@@ -123,6 +125,7 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None) -> FactualRep
     rep.trajectory["mean_prob_by_layer"] = traj.prob.mean(0).tolist()
     rep.trajectory["top1_by_layer"] = (traj.rank == 0).float().mean(0).tolist()
     rep.timings["trajectory"] = time.perf_counter() - t
+    _log(log, "trajectory", rep.timings["trajectory"])
     for i, (p, r) in enumerate(zip(traj.prob.mean(0).tolist(), (traj.rank == 0).float().mean(0).tolist(), strict=True)):
         comp, layer = ("embed", 0) if i == 0 else ("layer", i - 1)
         rep.scores += [ScoreRow(component=comp, layer=layer, method="factual_trajectory", metric="prob", value=p, n=len(traj.prob)),
@@ -140,6 +143,7 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None) -> FactualRep
                 rep.scores.append(ScoreRow(layer=layer, head=h, method="factual_argument_passing", metric=metric,
                                            value=float(m[layer, h]), n=arg.n))
     rep.timings["argument_passing"] = time.perf_counter() - t
+    _log(log, "argument_passing", rep.timings["argument_passing"])
 
     t = time.perf_counter()
     scan = mlp_layer_scan(lm, clean0, batch_size=cfg.batch_size)
@@ -156,6 +160,7 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None) -> FactualRep
     rep.decomposition = dec.summary() | {"intercept_top_tokens": {
         r: [tok.decode([i]) for i in ic.top_tokens] for r, ic in dec.intercepts.items()}}
     rep.timings["mlp_decomposition"] = time.perf_counter() - t
+    _log(log, "mlp_decomposition", rep.timings["mlp_decomposition"])
 
     t = time.perf_counter()
     freq = token_frequency(tok, cfg.frequency)
@@ -172,6 +177,7 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None) -> FactualRep
                 rep.scores.append(ScoreRow(component=comp, layer=sup.layer, head=head, method="factual_suppression",
                                            metric=metric, value=v, n=sup.n))
     rep.timings["suppression"] = time.perf_counter() - t
+    _log(log, "suppression", rep.timings["suppression"])
 
     t = time.perf_counter()
     splits = split_facts(allp, heldout_relations=held, seed=cfg.seed)
@@ -187,6 +193,7 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None) -> FactualRep
     rep.mitigation["heldout_relation_names"] = held
     rep.chosen = chosen
     rep.timings["mitigation"] = time.perf_counter() - t
+    _log(log, "mitigation", rep.timings["mitigation"])
 
     for i in range(len(allp)):
         n_tok = int(allp.lengths[i])
@@ -196,6 +203,11 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None) -> FactualRep
                                          "shots": int(allp.meta["shots"][i])}))
     rep.trajectory["relations"] = relations
     return rep
+
+
+def _log(log: Callable[[str], None] | None, stage: str, seconds: float) -> None:
+    if log is not None:
+        log(f"{stage} done in {seconds:.1f} s")
 
 
 def write_factual(rep: FactualReport, lm: LoadedModel, atlas_path: str | Path) -> int:

@@ -17,6 +17,11 @@ Three measurements per head, then a ranking and a causal check (METHODS.md §2.3
    subject token (last token of the span) gets the highest logit among the subjects of that relation
    (chance = 1 / number of subjects).
 
+Cost control (our choice): with ``max_senders`` only that many heads are path-patched: half the
+most promising by attribution patching (first-order estimate of each head's patching effect, one
+forward + backward), the rest by attention to the subject; the others stay NaN. ``max_pairs``
+subsamples the prompt pairs.
+
 Causal check: the top-k heads patched together from the corrupted run (total effect at the
 prediction position, all paths) versus k random other heads (mean over draws).
 """
@@ -31,6 +36,7 @@ import torch
 
 from headmine.capture import CaptureSpec, run_capture
 from headmine.causal import PatchFrom, run_with_interventions
+from headmine.causal.attribution_patching import attribution_patching
 from headmine.causal.factual_recall.common import (
     as_list,
     check_fact_batch,
@@ -147,6 +153,8 @@ def argument_passing_heads(
     n_random: int = 5,
     seed: int = 0,
     layers: list[int] | None = None,
+    max_senders: int | None = 24,
+    max_pairs: int | None = 32,
 ) -> ArgumentPassing:
     """Path-patching sweep over every head (or those of ``layers``), attention and decoding scores, causal check.
 
@@ -162,6 +170,10 @@ def argument_passing_heads(
         pairs = SwapPairs(batch, corrupted, batch.meta["wrong_id"], list(range(len(batch))))
     else:
         pairs = subject_swaps(batch, seed=seed)
+    if max_pairs is not None and len(pairs.clean) > max_pairs:
+        rows = sorted(random.Random(seed).sample(range(len(pairs.clean)), max_pairs))
+        pairs = SwapPairs(pairs.clean.select(rows), pairs.corrupted.select(rows), pairs.partner_target[rows],
+                          [pairs.partner_row[r] for r in rows])
     clean, corrupt = pairs.clean, pairs.corrupted
     g = lm.geometry
     L, H = g.n_layers, g.n_heads
@@ -179,17 +191,25 @@ def argument_passing_heads(
         raise TaskError("swapping subjects does not change the answer logit difference", "check the facts")
     z_r = {layer: rec_r.z[layer][:, 0] for layer in range(L)}
     metric = AnswerMetric(kind="logit_diff", end_pos=end, target_id=tgt, wrong_id=other)
-    senders = None if layers is None else [HeadId(m, h) for m in layers for h in range(H)]
-    eff = path_patching(lm, clean.input_ids, clean.attention_mask, corrupt.input_ids, corrupt.attention_mask, metric,
-                        senders=senders, receivers="logits")
-    path = (eff.values - eff.baseline).mean(-1) / denom  # NaN where not swept
-
-    # attention from the prediction position to the subject span
     span = clean.meta["subject_span"]
     pos = torch.arange(width)
     in_span = (pos[None] >= span[:, :1]) & (pos[None] < span[:, 1:])  # [B, T]
     attn = torch.stack([(rec_c.pattern[layer][:, :, 0] * in_span[:, None].to(rec_c.pattern[layer].dtype)).sum(-1).mean(0)
-                        for layer in range(L)])  # [L, H]
+                        for layer in range(L)]).float().cpu()  # [L, H]
+    pool = [HeadId(m, h) for m in (layers if layers is not None else range(L)) for h in range(H)]
+    screen: dict[str, Any] = {"swept": len(pool), "of": L * H}
+    if max_senders is not None and len(pool) > max_senders:
+        est = attribution_patching(lm, clean.input_ids, clean.attention_mask, corrupt.input_ids, corrupt.attention_mask,
+                                   metric).effects.float().cpu() / denom  # estimated share of the swap effect
+        half = max_senders // 2
+        by_est = sorted(pool, key=lambda h: -float(est[h.layer, h.head]))[:half]
+        by_attn = [h for h in sorted(pool, key=lambda h: -float(attn[h.layer, h.head])) if h not in by_est]
+        pool = sorted(by_est + by_attn[: max_senders - len(by_est)])
+        screen = {"swept": len(pool), "of": L * H, "screen": "attribution patching + attention to subject"}
+    senders = pool
+    eff = path_patching(lm, clean.input_ids, clean.attention_mask, corrupt.input_ids, corrupt.attention_mask, metric,
+                        senders=senders, receivers="logits")
+    path = (eff.values - eff.baseline).mean(-1) / denom  # NaN where not swept
 
     # decoding: own subject (last span token) vs the relation's other subjects
     rel = as_list(clean.meta["relation"])
@@ -224,9 +244,9 @@ def argument_passing_heads(
     k = min(top_k, len(ranked))
     top = ranked[:k]
     rng = random.Random(seed)
-    rest = [h for h in ranked if h not in top]
+    rest = [HeadId(m, h) for m in range(L) for h in range(H) if HeadId(m, h) not in top]
     rand = [total_effect(rng.sample(rest, k)) for _ in range(n_random)] if len(rest) >= k else []
     check = {"k": k, "top_heads": [str(h) for h in top], "top_k_effect": total_effect(top),
              "random_k_effect_mean": float(sum(rand) / len(rand)) if rand else float("nan"),
-             "random_k_effects": rand, "top_k_path_sum": float(sum(path[h.layer, h.head] for h in top))}
+             "random_k_effects": rand, "top_k_path_sum": float(sum(path[h.layer, h.head] for h in top)), **screen}
     return ArgumentPassing(path, attn, dec, chance, ranked, check, float(ld_c.mean()), float(ld_r.mean()), len(clean))

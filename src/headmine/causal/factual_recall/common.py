@@ -188,3 +188,18 @@ def dedupe(batch: TokenBatch) -> TokenBatch:
             seen.add(key)
             keep.append(i)
     return batch if len(keep) == len(batch) else batch.select(keep)
+
+
+def end_logits(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, end_pos: torch.Tensor) -> torch.Tensor:
+    """Logits [B, vocab] at each row's ``end_pos`` only (the decoder runs, the unembedding only at those rows).
+
+    Same values as the model's logits there (the base model's output is already final-normed); avoids
+    [B, T, vocab] tensors for large vocabularies (Gemma: 262k). Active hooks/interventions apply.
+    """
+    lm.check_length(input_ids.shape[-1])
+    out = lm.model.base_model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device))
+    h = rows_at(out.last_hidden_state, end_pos)
+    head = lm.adapter.unembedding()
+    logits = head(h) if head is not None else h @ lm.adapter.W_U()
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits

@@ -36,7 +36,7 @@ from headmine.causal.factual_recall.common import (
     answer_stats,
     as_list,
     check_fact_batch,
-    rows_at,
+    end_logits,
     sub_batches,
 )
 from headmine.core.errors import InputError, TaskError
@@ -140,8 +140,8 @@ def answer_scores(lm: LoadedModel, batch: TokenBatch, mitigation: Mitigation | N
             stack.enter_context(mitigated(lm, mitigation))
         for sub in sub_batches(batch, batch_size):
             with torch.no_grad():
-                logits = lm.forward(sub.input_ids, sub.attention_mask)
-            p, r, lp = answer_stats(rows_at(logits, sub.meta["end_pos"]), sub.meta["target_id"])
+                logits = end_logits(lm, sub.input_ids, sub.attention_mask, sub.meta["end_pos"])
+            p, r, lp = answer_stats(logits, sub.meta["target_id"])
             out["prob"].append(p.cpu())
             out["logprob"].append(lp.cpu())
             out["top1"].append((r == 0).cpu())
@@ -250,12 +250,17 @@ def choose_mitigation(
     candidates: Sequence[Mitigation] | None = None,
     suppressor_heads: Sequence[HeadId] = (),
     max_cost: float = 0.05,
+    max_train: int | None = 48,
+    seed: int = 0,
 ) -> tuple[Mitigation, list[dict[str, Any]]]:
     """Pick the candidate with the best mean training change of log p(answer) within ``max_cost`` nats/token.
 
     Returns the chosen mitigation (the identity when nothing improves) and one row per candidate.
+    ``max_train`` subsamples the training prompts used for scoring (cost control).
     """
     check_fact_batch(train)
+    if max_train is not None and len(train) > max_train:
+        train = train.select(sorted(random.Random(seed).sample(range(len(train)), max_train)))
     cands = list(candidates) if candidates is not None else candidate_mitigations(lm, train, suppressor_heads)
     base = answer_scores(lm, train)
     base_loss = corpus_loss(lm, corpus_ids)

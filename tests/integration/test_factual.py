@@ -1,0 +1,54 @@
+"""The factual-recall analysis end to end on SmolLM2 and Gemma 3 270M (small prompt sets), plus bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from headmine.atlas import Atlas
+from headmine.core.errors import HeadmineError
+from headmine.pipeline.factual import FactualConfig, run_factual, write_factual
+
+SMALL = FactualConfig(relations=["country_capital", "country_language", "object_colour"], heldout_relations=["object_colour"],
+                      n_per_relation=6, shots=2, corpus_windows=2, window_len=32, top_k=2)
+
+
+def _check(rep, lm, tmp_path) -> None:
+    g = lm.geometry
+    assert len(rep.trajectory["mean_prob_by_layer"]) == g.n_layers + 1
+    assert 0.0 <= rep.trajectory["drop_share_last"] <= 1.0
+    assert rep.argument["table"] and math.isfinite(rep.argument["check"]["top_k_effect"])
+    assert len(rep.mlp_scan) == g.n_layers and all(r["r2"] <= 1.0 + 1e-9 for r in rep.mlp_scan)
+    assert len(rep.suppression["first_token_attention"]) == g.n_heads
+    for split in ("heldout_facts", "heldout_relations"):
+        lo, hi = rep.mitigation[split]["dprob_ci"]
+        assert lo <= rep.mitigation[split]["dprob"] <= hi
+    run_id = write_factual(rep, lm, tmp_path / "atlas.db")
+    with Atlas.open(tmp_path / "atlas.db") as db:
+        assert db.runs()[0]["id"] == run_id if hasattr(db, "runs") else True
+    js, _ = rep.chosen.save(tmp_path / "mitigation")
+    assert js.exists()
+
+
+@pytest.mark.slow
+def test_factual_smollm2(smollm2, tmp_path) -> None:
+    rep = run_factual(smollm2, SMALL)
+    _check(rep, smollm2, tmp_path)
+
+
+@pytest.mark.slow
+def test_factual_gemma3(gemma3, tmp_path) -> None:
+    rep = run_factual(gemma3, SMALL)
+    _check(rep, gemma3, tmp_path)
+
+
+@pytest.mark.slow
+def test_factual_bad_relation_files(smollm2, tmp_path) -> None:
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("# template: The capital of {subject} is\n")
+    multi = tmp_path / "multi.tsv"
+    multi.write_text("# template: The capital of {subject} is\nFrance\tParis\nAustralia\tCanberraXYZQ\n")
+    for path, pattern in ((empty, "no \\(subject, answer\\) lines"), (multi, "not one")):
+        with pytest.raises(HeadmineError, match=pattern):
+            run_factual(smollm2, FactualConfig(relations=[str(path)], n_per_relation=4, shots=0))
