@@ -82,7 +82,7 @@
     var cw = opts.cell || Math.max(8, Math.min(26, Math.floor(560 / nC)));
     var ch = opts.cellH || Math.max(7, Math.min(18, Math.floor(420 / nR)));
     var left = opts.left || 34, top = opts.top || 16;
-    var W = left + nC * cw + 6, H = top + nR * ch + 30;
+    var W = Math.max(left + nC * cw + 6, 200), H = top + nR * ch + 40;
     var svg = sv("svg", { "class": "heatmap", width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img" });
     var sc = scaleFor(z);
     var sorted = ranks(z);
@@ -108,7 +108,7 @@
     svg.appendChild(sv("text", { x: left, y: ly }, (opts.rowName || "layer") + " ↓  " + (opts.colName || "head") + " →   " +
       (sc.empty ? "all missing" : "min " + fmt(sc.lo) + "  max " + fmt(sc.hi) + (sc.diverging ? " (0 = white)" : ""))));
     for (var k = 0; k < 20; k++) {
-      svg.appendChild(sv("rect", { x: Math.max(left, W - 126) + k * 6, y: ly + 4, width: 6, height: 6,
+      svg.appendChild(sv("rect", { x: left + k * 6, y: ly + 6, width: 6, height: 7,
         fill: sc.diverging ? ramp(DIV, k / 19) : ramp(SEQ, k / 19) }));
     }
     svg.addEventListener("mousemove", function (evt) {
