@@ -70,7 +70,7 @@ def write_scan(db: Atlas, model: str, seed: int = 0, *, text: str = EVIL, n_laye
     scores.append(ScoreRow(layer=0, head=0, method="induction", metric="score_nan_demo", value=float("nan")))
     scores += [ScoreRow(component="set", layer=-1, head=-1, method="causal:induction", metric=f"loss:{k}", value=v)
                for k, v in (("clean", 2.1), ("topk_effect", 1.4), ("random_mean", 0.1))]
-    scores.append(ScoreRow(component="mlp", layer=1, method="dla", metric="logit", value=0.3))
+    scores += [ScoreRow(component="mlp", layer=layer, method="dla", metric="logit", value=0.1 * layer) for layer in range(n_layers)]
     labels = [LabelRow(layer=layer, head=head, head_type="Induction Head", method="induction", value=float(ind[layer, head]),
                        threshold=0.4, note="causal: confirmed (top-2 +1.4 vs random +0.1)")
               for layer, head in INDUCTION if layer < n_layers and head < n_heads]

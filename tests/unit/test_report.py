@@ -93,7 +93,7 @@ def test_model_data_is_generic_over_methods(atlas):
     assert types["Induction Head"]["labelled"][0]["head"] in {"L2H1", "L3H4"}
     assert len(types["Induction Head"]["papers"]) >= 5
     assert d.causal_checks and d.causal_checks[0]["confirmed"] is True
-    assert {c["name"] for c in d.curves} >= {"G/loss", "G+/loss", "targeted ablation"}
+    assert {c["name"] for c in d.curves} >= {"G/loss", "G+/loss", "targeted ablation", "dla · logit (mlp)"}
     assert d.attn["patterns"]["L2H1"][0][9][4] == 0.85
     assert any(r["component"] == "set" for r in d.other_scores)
     assert all(x in d.papers_by_type for x in ("Induction Head", "Previous Token Head"))
@@ -269,3 +269,23 @@ def test_scan_written_twice_shows_newest(tmp_path):
     assert {s.run_id for s in d.series} == {newest}
     assert {x["run"] for items in d.labels.values() for x in items} == {newest}
     assert np.isfinite(d.series[0].values).all()
+
+
+def test_causal_pipeline_metric_names(tmp_path):
+    """delta_/frac_ metrics from the causal pipeline; per-position maps fold away and stay out of agreement."""
+    path = tmp_path / "a.db"
+    rng = np.random.default_rng(0)
+    with Atlas.open(path) as db:
+        rows = []
+        for layer in range(3):
+            for head in range(4):
+                v = float(rng.normal())
+                rows += [ScoreRow(layer=layer, head=head, method="ablation_zero", metric="delta_logit_diff", value=v),
+                         ScoreRow(layer=layer, head=head, method="ablation_zero", metric="frac_logit_diff", value=v / 2),
+                         ScoreRow(layer=layer, head=head, method="ablation_zero", metric="delta_logit_diff@pos1", value=v)]
+        db.write_run(RunRecord(kind="ablation", model="m", task="ioi"), scores=rows)
+        d = load_model_data(db, "m")
+    assert [d.agreement["labels"][0]] == ["ablation_zero · delta_logit_diff [ioi]"]
+    files = build_report(path, tmp_path / "out")
+    html = files.pages["m"].read_text(encoding="utf-8")
+    assert "1 per-position map(s)" in html

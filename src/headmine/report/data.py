@@ -36,8 +36,10 @@ targeted_ablation (JSON, chg): {"ks": [k...], "<ranking>": [delta per k], ...} -
 Any other JSON artifact is shown (pretty-printed, size-capped) under the run's provenance.
 """
 
-PRIMARY_METRICS = ("score", "effect", "F", "removed", "G", "delta", "attribution", "dla", "value")
-"""The metric that stands for a (kind, task, method) in the agreement table, first found wins."""
+PRIMARY_METRICS = ("score", "effect", "delta_", "dla_", "F", "removed", "G", "frac_", "value")
+"""The metric that stands for a (kind, task, method) in the agreement table, first found wins
+(a name ending in ``_`` matches as a prefix: ``delta_logit_diff``). Per-position metrics
+(``...@pos3``) never stand for a method and are folded away on the page."""
 
 STAGE_CODES = {
     "Knowledge Recalling": "KR",
@@ -113,6 +115,10 @@ class Series:
     def label(self) -> str:
         task = f" [{self.task}]" if self.task and self.kind != "scan" else ""
         return f"{self.method} · {self.metric}{task}"
+
+    @property
+    def per_position(self) -> bool:
+        return is_per_position(self.metric)
 
     @property
     def group(self) -> tuple[str, str | None, str]:
@@ -342,14 +348,25 @@ def _kind_order(kind: str) -> int:
     return _KIND_ORDER.index(kind) if kind in _KIND_ORDER else len(_KIND_ORDER)
 
 
+def is_per_position(metric: str) -> bool:
+    return "@pos" in metric
+
+
 def _metric_order(metric: str) -> int:
-    return PRIMARY_METRICS.index(metric) if metric in PRIMARY_METRICS else len(PRIMARY_METRICS)
+    if is_per_position(metric):
+        return len(PRIMARY_METRICS) + 1
+    for i, p in enumerate(PRIMARY_METRICS):
+        if metric == p or (p.endswith("_") and metric.startswith(p)):
+            return i
+    return len(PRIMARY_METRICS)
 
 
 def primary_series(series: list[Series]) -> list[Series]:
     """One series per (kind, task, method): its primary metric (``PRIMARY_METRICS`` order)."""
     best: dict[tuple[str, str | None, str], Series] = {}
     for s in series:
+        if is_per_position(s.metric):
+            continue
         cur = best.get(s.group)
         if cur is None or _metric_order(s.metric) < _metric_order(cur.metric):
             best[s.group] = s
@@ -452,12 +469,9 @@ def _head_type_sections(series: list[Series], labels: dict[str, list[dict[str, A
     for hid, items in labels.items():
         for d in items:
             by_type.setdefault(d["head_type"], []).append({**d, "head": hid})
-    methods = {}
-    for s in series:
-        if s.metric in PRIMARY_METRICS[:1] or s.method not in methods:
-            methods.setdefault(s.method, s)
-            if s.metric == "score":
-                methods[s.method] = s
+    methods: dict[str, Series] = {}
+    for s in primary_series(series):
+        methods.setdefault(s.method, s)
     out = []
     types = load_head_types()
     for name, ht in types.items():
@@ -571,6 +585,20 @@ def _curves(atlas: Atlas, runs: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def _layer_profiles(scores: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per-layer line charts for non-head components (mlp / layer / embed rows with >= 2 layers)."""
+    df = scores[scores["component"].isin(["mlp", "layer", "embed"])]
+    out: list[dict[str, Any]] = []
+    for (kind, method, metric, comp), grp in df.groupby(["kind", "method", "metric", "component"], sort=False):
+        grp = grp[grp["run_id"] == grp["run_id"].max()]
+        per_layer = grp.groupby("layer")["value"].mean().sort_index()
+        if len(per_layer) < 2:
+            continue
+        out.append({"run": int(grp["run_id"].iloc[0]), "kind": str(kind), "name": f"{method} · {metric} ({comp})",
+                    "x": "layer", "points": [[int(layer), finite(v)] for layer, v in per_layer.items()]})
+    return out
+
+
 def parse_attn_examples(value: Any, n_layers: int, n_heads: int) -> tuple[dict[str, Any], list[str]]:
     """Validate an ``attn_examples`` artifact; return the page's attention data and warnings."""
     notes: list[str] = []
@@ -669,7 +697,7 @@ def load_model_data(atlas: Atlas, model: str, *, run_ids: Iterable[int] | None =
         causal_checks=_causal_checks(atlas, runs),
         other_scores=other,
         other_total=other_total,
-        curves=_curves(atlas, runs),
+        curves=_curves(atlas, runs) + _layer_profiles(scores),
         attn=attn,
         papers_by_type={k: v for k, v in papers.items() if k in shown},
         notes=notes,
