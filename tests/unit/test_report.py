@@ -289,3 +289,20 @@ def test_causal_pipeline_metric_names(tmp_path):
     files = build_report(path, tmp_path / "out")
     html = files.pages["m"].read_text(encoding="utf-8")
     assert "1 per-position map(s)" in html
+
+
+def test_make_attn_examples_round_trips_through_the_atlas(tmp_path):
+    from headmine.report import make_attn_examples
+
+    pat = np.tril(np.full((3, 3), 1 / 3))
+    art = make_attn_examples([{"name": "p", "text": "a b c", "tokens": ["a", " b", " c"]}],
+                             {"L0H1": [pat], "L1H0": [None]})
+    assert art["patterns"]["L0H1"][0] == [[0.333], [0.333, 0.333], [0.333, 0.333, 0.333]]
+    with pytest.raises(ValueError):
+        make_attn_examples([{"tokens": ["a"]}], {"head0": [pat]})
+    path = tmp_path / "a.db"
+    with Atlas.open(path) as db:
+        db.write_run(RunRecord(kind="scan", model="m"), scores=[ScoreRow(layer=1, head=1, method="x", value=1.0)],
+                     artifacts={"attn_examples": art})
+        d = load_model_data(db, "m")
+    assert d.attn["patterns"]["L0H1"][0][2] == [0.333, 0.333, 0.333] and d.attn["patterns"]["L1H0"] == [None]

@@ -7,7 +7,13 @@ files = build_report("atlas.db", "headmine-out/report")   # index.html + one pag
 """
 
 from headmine.report.build import MANIFEST, ReportFiles, build_report, slug
-from headmine.report.data import ARTIFACT_CONVENTIONS, ModelData, load_model_data, parse_attn_examples
+from headmine.report.data import (
+    ARTIFACT_CONVENTIONS,
+    ModelData,
+    load_model_data,
+    make_attn_examples,
+    parse_attn_examples,
+)
 from headmine.report.render import script_json
 
 __all__ = [
@@ -17,6 +23,7 @@ __all__ = [
     "ReportFiles",
     "build_report",
     "load_model_data",
+    "make_attn_examples",
     "parse_attn_examples",
     "script_json",
     "slug",

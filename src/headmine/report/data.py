@@ -28,7 +28,7 @@ attn_examples (JSON, on a scan run; optional on any run):
     patterns[head][e] is example e's attention matrix [n_q][n_k] for that head (rows = query
     positions, each row the weights over key positions; lower-triangular rows may be cut at the
     diagonal), or null when not stored. Keep it small: a few short prompts (<= 48 tokens) and the
-    heads worth showing (e.g. the top 3 of each detector).
+    heads worth showing (e.g. the top 3 of each detector). Build it with make_attn_examples().
 causal (JSON, scan): {detector: {detector, metric, heads, k, clean, topk_effect, random_effects,
     random_mean, random_std, confirmed, expected_sign}}  -> the causal confirmation table.
 curve/<stage>/<name> or curve/<name> (npy, 1-D [steps] or 2-D [steps, seeds]) -> line charts.
@@ -635,6 +635,38 @@ def parse_attn_examples(value: Any, n_layers: int, n_heads: int) -> tuple[dict[s
                 cleaned.append(arr)
             patterns[f"L{int(m.group(1))}H{int(m.group(2))}"] = cleaned
     return {"examples": examples, "patterns": patterns}, notes
+
+
+def make_attn_examples(
+    examples: list[Mapping[str, Any]], patterns: Mapping[str, list[Any]], *, digits: int = 3
+) -> dict[str, Any]:
+    """Build an ``attn_examples`` artifact (see ``ARTIFACT_CONVENTIONS``) from plain data.
+
+    ``examples``: ``[{"name": str, "text": str | None, "tokens": [str, ...]}, ...]``;
+    ``patterns``: ``{"L1H2": [matrix_or_None per example]}`` with each matrix an [n_q, n_k] array-like
+    (numpy or nested lists; convert torch tensors with ``.numpy()`` first). Values are rounded to
+    ``digits`` decimals so the artifact stays small; rows are cut at the causal diagonal.
+    """
+    out_ex = [{"name": str(e.get("name", f"example {i}")), "text": None if e.get("text") is None else str(e["text"]),
+               "tokens": [str(t) for t in e.get("tokens", [])]} for i, e in enumerate(examples)]
+    out_pat: dict[str, list[Any]] = {}
+    for hid, mats in patterns.items():
+        if _HEAD_RE.match(hid) is None:
+            raise ValueError(f"pattern keys are head ids like 'L1H2', got {hid!r}")
+        if len(mats) != len(out_ex):
+            raise ValueError(f"{hid}: {len(mats)} matrices for {len(out_ex)} examples (use None for a missing one)")
+        cleaned: list[Any] = []
+        for mat in mats:
+            if mat is None:
+                cleaned.append(None)
+                continue
+            arr = np.asarray(mat, dtype=float)
+            if arr.ndim != 2:
+                raise ValueError(f"{hid}: each pattern must be a 2-D [n_q, n_k] matrix, got shape {arr.shape}")
+            cleaned.append([[round(float(w), digits) for w in row[: min(len(row), q + 1 + (arr.shape[1] - arr.shape[0]))]]
+                            for q, row in enumerate(arr)])
+        out_pat[hid] = cleaned
+    return {"examples": out_ex, "patterns": out_pat}
 
 
 def _attn(atlas: Atlas, runs: pd.DataFrame, n_l: int, n_h: int) -> tuple[dict[str, Any], list[str]]:
