@@ -110,17 +110,17 @@ class DLAResult:
         for layer in range(self.heads.shape[0]):
             for head in range(self.heads.shape[1]):
                 val, err = stats(self.heads[layer, head])
-                rows.append({"layer": layer, "head": head, "method": "dla", "metric": m, "value": val, "n": n, "stderr": err})
+                rows.append({"component": "head", "layer": layer, "head": head, "method": "dla", "metric": m, "value": val, "n": n, "stderr": err})
             val, err = stats(self.mlp[layer])
-            rows.append({"component": "mlp", "layer": layer, "method": "dla", "metric": m, "value": val, "n": n, "stderr": err})
+            rows.append({"component": "mlp", "layer": layer, "head": -1, "method": "dla", "metric": m, "value": val, "n": n, "stderr": err})
             val, err = stats(self.attn_bias[layer])
-            rows.append({"component": "layer", "layer": layer, "method": "dla", "metric": f"{m}_attn_bias", "value": val, "n": n, "stderr": err})
+            rows.append({"component": "layer", "layer": layer, "head": -1, "method": "dla", "metric": f"{m}_attn_bias", "value": val, "n": n, "stderr": err})
         val, err = stats(self.embed)
-        rows.append({"component": "embed", "layer": 0, "method": "dla", "metric": m, "value": val, "n": n, "stderr": err})
+        rows.append({"component": "embed", "layer": 0, "head": -1, "method": "dla", "metric": m, "value": val, "n": n, "stderr": err})
         last = self.heads.shape[0]
         for name, v in (("rest", self.rest), ("total", self.total)):
             val, err = stats(v)
-            rows.append({"component": "layer", "layer": last, "method": "dla", "metric": f"{m}_{name}", "value": val, "n": n, "stderr": err})
+            rows.append({"component": "layer", "layer": last, "head": -1, "method": "dla", "metric": f"{m}_{name}", "value": val, "n": n, "stderr": err})
         return scores_frame(rows)
 
 

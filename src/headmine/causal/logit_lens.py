@@ -45,7 +45,7 @@ class LensResult:
                             (self.metric_kind, self.metric)):
                 v = t[depth].float()
                 err = float(v.std() / n**0.5) if n > 1 else float("nan")
-                rows.append({"component": comp, "layer": layer, "method": "logit_lens", "metric": name,
+                rows.append({"component": comp, "layer": layer, "head": -1, "method": "logit_lens", "metric": name,
                              "value": float(v.mean()), "n": n, "stderr": err})
         return scores_frame(rows)
 
