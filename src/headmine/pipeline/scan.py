@@ -250,6 +250,11 @@ def build_probe(lm: LoadedModel, task: str, params: dict[str, Any], seed: int) -
         from headmine.tasks.ioi import ioi_names
 
         names = ioi_names(tok)
+        if len(names) < 5:
+            raise TaskError(
+                f"only {len(names)} IOI names are a single token (with a leading space) in this tokenizer",
+                "name movers need single-token names; drop name_copy/negative_name_copy/name_mover for this model",
+            )
         ids = sorted({single_token_id(tok, " " + n) for n in names})
         return _isolated(tok, ids, task, {})
     if task == "text_tokens":
@@ -313,8 +318,13 @@ def scan_model(lm: LoadedModel, config: ScanConfig | None = None, *, progress: P
             done = 0
             metas: list[dict[str, Any]] = []
 
-            def pairs(probe: TokenBatch = probe, metas: list[dict[str, Any]] = metas) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-                for sub in _batches(probe, config.batch_size):
+            # single-token probes are 1-2 tokens per row: one wide batch is one cheap forward
+            wide = all(d.capture_layers == "first" for d in dets)
+            size = max(config.batch_size, 512) if wide else config.batch_size
+
+            def pairs(probe: TokenBatch = probe, metas: list[dict[str, Any]] = metas,
+                      size: int = size) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                for sub in _batches(probe, size):
                     metas.append({**sub.meta, **base_meta})
                     yield sub.input_ids, sub.attention_mask
 
