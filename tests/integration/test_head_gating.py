@@ -33,24 +33,33 @@ def _pattern_scores(lm, data) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_toy_induction_heads_are_facilitating(toy):
+    """Converged fits (official lam = 0.1) on ``<bos> x x``: G- keeps exactly the strongest induction and
+    previous-token heads open and closes every other head (irrelevant), the same in every seed.
+
+    On this 8-head model the mean-normalised regulariser pushes each head 34x harder than on a 270-head
+    model, so the kept heads settle at G- ~ 0.3-0.45, under the paper's 0.5 cut: the test labels with a
+    0.25 threshold (a config option) and checks the ranking, not the 0.5 label.
+    """
     g = toy.geometry
-    bos = getattr(toy.tokenizer, "bos_token_id", None) if toy.tokenizer is not None else None
-    data = repeated_tokens_data(g.vocab_size, n=24, length=12, seed=3, low=1, bos=bos)
-    cfg = CHGConfig.preset_for("quick", updates=(40, 40, 40), seeds=3, batch_size=8, micro_batch=48)
+    data = repeated_tokens_data(g.vocab_size, n=32, length=12, seed=3, low=4, bos=toy.tokenizer.bos_token_id)
+    cfg = CHGConfig.preset_for("quick", updates=(100, 100, 100), seeds=3, batch_size=8, micro_batch=64, threshold=0.25)
     res = fit_chg(toy, data, cfg)
     assert res.status == "complete"
     prev, ind = _pattern_scores(toy, data)
-    f_mean, i_mean = res.F.mean(0), res.I.mean(0)
-    top_ind = divmod(int(ind.argmax()), g.n_heads)
-    top_prev = divmod(int(prev[0].argmax()), g.n_heads)
-    assert top_ind[0] == 1, f"strongest induction pattern should be in layer 1, got {top_ind}"
-    assert f_mean[top_ind] >= 0.5, f"induction head {top_ind} F={f_mean[top_ind]:.2f}"
-    assert f_mean[0, top_prev[1]] >= 0.5, f"previous-token head L0H{top_prev[1]} F={f_mean[0, top_prev[1]]:.2f}"
-    known = torch.zeros(g.n_layers, g.n_heads, dtype=torch.bool)
-    known[top_ind] = True
-    known[0, top_prev[1]] = True
-    others = i_mean[~known]
-    assert float((others >= 0.5).float().mean()) >= 0.5, f"irrelevance of the other heads: {others.tolist()}"
+    f_min = res.F.min(0).values
+    ind_rank = torch.argsort(ind[1], descending=True).tolist()
+    prev_top = int(prev[0].argmax())
+    for h in ind_rank[:2]:  # the two strongest induction heads (both ~0.99 attention on the induction offset)
+        assert f_min[1, h] >= 0.2, f"induction head L1H{h}: F per seed {res.F[:, 1, h].tolist()}"
+    assert f_min[0, prev_top] >= 0.2, f"previous-token head L0H{prev_top}: F per seed {res.F[:, 0, prev_top].tolist()}"
+    codes = res.label_codes()
+    assert (codes[:, 1, ind_rank[:2]] == 0).all() and (codes[:, 0, prev_top] == 0).all()
+    closed = f_min < 0.05
+    assert int(closed.sum()) >= 2
+    i_mean = res.I.mean(0)
+    assert float((i_mean[closed] >= 0.5).float().mean()) >= 0.5, f"most other heads irrelevant: I {i_mean[closed].tolist()}"
+    assert bool((codes[:, closed] != 0).all()), "no closed head is labelled facilitating"
+    assert float(res.F[:, ~closed].min()) > float(res.F[:, closed].max()) + 0.1  # a clean gap, every seed
 
 
 def test_cli_gate_and_errors(smollm2, tmp_path, monkeypatch):

@@ -216,11 +216,15 @@ def task_data(lm: LoadedModel, task: str, *, n: int = 64, seed: int = 0, **param
 
 def repeated_tokens_data(vocab: int, *, n: int = 32, length: int = 20, seed: int = 0, low: int = 0,
                          bos: int | None = None) -> GatingData:
-    """Random tokens repeated once (``[bos] x x``); the loss is on the second copy (induction)."""
+    """Random tokens from ``[low, vocab)`` repeated once (``[bos] x x``); the loss is on the second copy
+    (induction). Tokens within a copy are distinct when the range allows."""
     g = torch.Generator().manual_seed(seed)
     rows, targets = [], []
     for _ in range(n):
-        x = torch.randint(low, vocab, (length,), generator=g).tolist()
+        if length <= vocab - low:
+            x = (low + torch.randperm(vocab - low, generator=g)[:length]).tolist()
+        else:
+            x = torch.randint(low, vocab, (length,), generator=g).tolist()
         rows.append(([bos] if bos is not None else []) + x)
         targets.append(x)
     return token_data(rows, targets, source=f"repeated random tokens (n={n}, length={length})")
