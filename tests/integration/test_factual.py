@@ -11,7 +11,8 @@ from headmine.core.errors import HeadmineError
 from headmine.pipeline.factual import FactualConfig, run_factual, write_factual
 
 SMALL = FactualConfig(relations=["country_capital", "country_language", "object_colour"], heldout_relations=["object_colour"],
-                      n_per_relation=6, shots=2, corpus_windows=2, window_len=32, top_k=2)
+                      n_per_relation=5, shots=2, corpus_windows=2, window_len=32, top_k=2,
+                      max_senders=6, max_pairs=10, max_train=12)
 
 
 def _check(rep, lm, tmp_path) -> None:

@@ -231,3 +231,14 @@ def test_bad_inputs_raise_clear_errors(toy: LoadedModel, facts: TokenBatch) -> N
     one = facts.select([0, 1])  # two prompts about the same subject: no swap partner
     with pytest.raises(TaskError, match="partner"):
         argument_passing_heads(toy, one)
+
+
+def test_concat_and_dedupe(facts: TokenBatch) -> None:
+    from headmine.causal.factual_recall.common import concat_batches, dedupe
+
+    short = toy_facts(n_fill=1)
+    both = concat_batches([facts, short])
+    assert len(both) == len(facts) + len(short) and both.input_ids.shape[1] == facts.input_ids.shape[1]
+    assert both.meta["subject_span"].shape == (len(both), 2) and len(both.meta["relation"]) == len(both)
+    assert torch.equal(both.input_ids[len(facts):, : short.input_ids.shape[1]], short.input_ids)
+    assert len(dedupe(concat_batches([facts, facts]))) == len(dedupe(facts))

@@ -50,6 +50,9 @@ class FactualConfig:
     window_len: int = 64
     batch_size: int = 8
     seed: int = 0
+    max_senders: int | None = 24                # heads path-patched after the screen (None = all)
+    max_pairs: int | None = 32                  # subject-swap pairs used for argument passing
+    max_train: int | None = 48                  # training prompts scoring each mitigation candidate
 
 
 @dataclass
@@ -134,7 +137,8 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Calla
                                metric="drop_share", value=traj.drop_share(), n=len(traj.prob)))
 
     t = time.perf_counter()
-    arg = argument_passing_heads(lm, clean0, corrupted=corrupt0, top_k=cfg.top_k, seed=cfg.seed)
+    arg = argument_passing_heads(lm, clean0, corrupted=corrupt0, top_k=cfg.top_k, seed=cfg.seed,
+                                 max_senders=cfg.max_senders, max_pairs=cfg.max_pairs)
     rep.argument = {"table": arg.table(10), "check": arg.check, "ld_clean": arg.ld_clean, "ld_corrupt": arg.ld_corrupt,
                     "n": arg.n, "decode_chance": arg.decode_chance}
     for layer in range(lm.geometry.n_layers):
@@ -184,7 +188,8 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Calla
     corpus = natural_text(tok, n=cfg.corpus_windows, seq_len=cfg.window_len, seed=cfg.seed).input_ids
     half = max(1, corpus.shape[0] // 2)
     sup_heads = [HeadId.parse(n) for n in sup.suppressors() if n.startswith("L")]
-    chosen, rows = choose_mitigation(lm, splits.train, corpus[:half], suppressor_heads=sup_heads, max_cost=cfg.max_cost)
+    chosen, rows = choose_mitigation(lm, splits.train, corpus[:half], suppressor_heads=sup_heads, max_cost=cfg.max_cost,
+                                     max_train=cfg.max_train, seed=cfg.seed)
     rep.mitigation_candidates = rows
     evals = {"train": splits.train, "heldout_facts": splits.heldout_facts}
     if splits.heldout_relations is not None:
