@@ -116,6 +116,7 @@ class _Collector:
         return out
 
     def _pattern_hook(self, layer: int, head_idx: torch.Tensor) -> Callable[..., None]:
+        all_heads = head_idx.tolist() == list(range(self.loaded.geometry.n_heads))  # no copy needed
         def fn(module, args, kwargs, output):
             weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if weights is None:
@@ -123,17 +124,20 @@ class _Collector:
                     f"layer {layer} returned no attention weights (attention implementation is not eager)",
                     'load the model with attn_implementation="eager"',
                 )
-            w = weights.index_select(1, head_idx.to(weights.device))
+            w = weights if all_heads else weights.index_select(1, head_idx.to(weights.device))
             self._keep(Site.PATTERN, layer, self._select_q(w, 2))
 
         return fn
 
     def _z_hook(self, layer: int, head_idx: torch.Tensor) -> Callable[..., None]:
         g, adapter, sites = self.loaded.geometry, self.loaded.adapter, self.spec.sites
+        all_heads = head_idx.tolist() == list(range(g.n_heads))
 
         def fn(module, args, kwargs):
             x = args[0] if args else kwargs["input"]
-            z = x.unflatten(-1, (g.n_heads, g.d_head)).index_select(2, head_idx.to(x.device))
+            z = x.unflatten(-1, (g.n_heads, g.d_head))
+            if not all_heads:
+                z = z.index_select(2, head_idx.to(x.device))
             z = self._select_q(z, 1)
             if Site.Z in sites:
                 self._keep(Site.Z, layer, z)
