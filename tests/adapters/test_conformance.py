@@ -114,3 +114,21 @@ def test_unknown_family_names_supported_ones():
     with pytest.raises(UnsupportedModelError, match=r"mamba.*supported: .*llama") as err:
         adapter_for(Fake())
     assert "add one" in str(err.value)
+
+
+def test_unembedding_and_final_norm_paths_resolve(model, batch):
+    """W_U, the final norm and the embedding reproduce the model's own logits from the last residual."""
+    a, g = model.adapter, model.geometry
+    assert a.W_E().shape == (VOCAB, g.d_model)
+    if not a.is_causal:
+        assert a.unembedding() is None
+        return
+    assert a.W_U().shape == (g.d_model, VOCAB)
+    rec = run_capture(model, CaptureSpec(sites={Site.RESID}, layers=(g.n_layers,)), *batch)
+    final = a.final_norm()
+    hidden = rec.resid[g.n_layers] if final is None else final(rec.resid[g.n_layers])
+    logits = a.unembedding()(hidden)
+    if getattr(model.model.config, "final_logit_softcapping", None):
+        cap = model.model.config.final_logit_softcapping
+        logits = torch.tanh(logits / cap) * cap
+    torch.testing.assert_close(logits, rec.logits, rtol=1e-4, atol=1e-4)

@@ -14,7 +14,6 @@ class GPTNeoXAdapter(ModelAdapter):
     out_proj_name = "attention.dense"
     final_norm_path = "gpt_neox.final_layer_norm"
     embed_path = "gpt_neox.embed_in"
-    unembed_path = "embed_out"
     qkv_names = None
 
     def _qkv_weight(self, layer: int, which: int) -> torch.Tensor:
