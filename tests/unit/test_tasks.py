@@ -397,3 +397,15 @@ def test_token_batch_split(tok):
     assert [len(p) for p in parts] == [2, 2, 1]
     assert parts[2].meta["IO"].tolist() == b.meta["IO"][4:].tolist()
     assert parts[1].meta["order"] == b.meta["order"][2:4] and parts[1].texts == b.texts[2:4]
+
+
+def test_unknown_words_are_not_single_tokens():
+    """A word-level toy vocabulary maps English names to <unk>: that is not a usable single token."""
+    from headmine.models.loading import load_model
+    from headmine.tasks.base import is_single_token, single_token_id
+
+    tok = load_model("toy-induction").tokenizer
+    assert single_token_id(tok, "t3") == tok.convert_tokens_to_ids("t3")
+    assert not is_single_token(tok, " Mary")
+    with pytest.raises(TaskError, match="unknown token"):
+        single_token_id(tok, " Mary")

@@ -189,11 +189,17 @@ def single_token_id(tokenizer: Any, text: str) -> int:
             "use a word that is a single token here (mind the leading space, e.g. ' Paris'), "
             "or allow multi-token targets where the task supports them",
         )
+    if ids[0] == getattr(tokenizer, "unk_token_id", None) and text.strip() != getattr(tokenizer, "unk_token", None):
+        raise TaskError(
+            f"{text!r} is not in this tokenizer's vocabulary (it maps to the unknown token)",
+            "use words the model's vocabulary contains; toy vocabularies cannot run natural-language tasks",
+        )
     return int(ids[0])
 
 
 def is_single_token(tokenizer: Any, text: str) -> bool:
-    return len(_encode_plain(tokenizer, text, add_special_tokens=False)) == 1
+    ids = _encode_plain(tokenizer, text, add_special_tokens=False)
+    return len(ids) == 1 and ids[0] != getattr(tokenizer, "unk_token_id", None)
 
 
 def encode(tokenizer: Any, text: str, *, add_special_tokens: bool = True) -> list[int]:
