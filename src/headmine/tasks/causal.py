@@ -116,9 +116,11 @@ def load_relation(
             dropped.append((lineno, subject, answer))
             continue
         pairs.append((subject, answer))
+    if not pairs and dropped:
+        raise TaskError(f"relation file {p} has no single-token answers in this tokenizer",
+                        "use a model whose vocabulary has the answers as single tokens, or other relations")
     if not pairs:
-        what = "has no (subject, answer) lines" if not dropped else "has no single-token answers"
-        raise InputError(f"relation file {p} {what}", "add lines 'subject<TAB>answer'")
+        raise InputError(f"relation file {p} has no (subject, answer) lines", "add lines 'subject<TAB>answer'")
     tmpl = template or file_template
     if not tmpl or "{subject}" not in tmpl:
         raise InputError(f"relation file {p} has no template with {{subject}}",
