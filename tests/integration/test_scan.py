@@ -14,19 +14,19 @@ from headmine.pipeline.scan import ScanConfig, scan_model, write_scan
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"repeated_tokens": {"n": 4, "seq_len": 30}, "natural_text": {"n": 4, "seq_len": 48}, "ioi": {"n": 8},
-         "needle": {"n": 1, "context_lengths": (160,), "depths": (0.5,)}, "text_tokens": {"max_tokens": 200}}
+SMALL = {"repeated_tokens": {"n": 2, "seq_len": 20}, "natural_text": {"n": 2, "seq_len": 32}, "ioi": {"n": 4},
+         "needle": {"n": 1, "context_lengths": (128,), "depths": (0.5,)}, "text_tokens": {"max_tokens": 100}}
 
 
 @pytest.fixture(scope="module")
 def all_detectors(smollm2):
-    return scan_model(smollm2, ScanConfig(probe_params=SMALL, causal=False, batch_size=4, max_new_tokens=5))
+    return scan_model(smollm2, ScanConfig(probe_params=SMALL, causal=False, batch_size=4, max_new_tokens=4))
 
 
 @pytest.fixture(scope="module")
 def induction_scan(smollm2):
     cfg = ScanConfig(detectors=("induction", "previous_token"), probe_params=SMALL, causal=True, top_k=5,
-                     n_random=4, causal_n=4, batch_size=4)
+                     n_random=3, causal_n=2, batch_size=4)
     return scan_model(smollm2, cfg)
 
 
@@ -46,7 +46,7 @@ def test_every_detector_runs_on_smollm2(all_detectors, smollm2):
 def test_induction_ablation_beats_random_heads(induction_scan):
     check = induction_scan.causal["induction"]
     assert check.confirmed, check.to_dict()
-    assert check.topk_effect > 5 * max(abs(r) for r in check.random_effects) > 0
+    assert check.topk_effect > 1.0 and check.topk_effect > 5 * max(check.random_effects)
     assert (induction_scan.scores.method == "causal:induction").any()
 
 
@@ -111,8 +111,11 @@ def test_toy_model_ranks_induction_and_previous_token_heads():
         toy = load_model("toy-induction")
     except ModelLoadError as err:
         pytest.skip(f"toy model not available: {err.problem}")
-    cfg = ScanConfig(detectors=("induction", "previous_token"), probe_params={"repeated_tokens": {"n": 8},
-                     "natural_text": {"n": 8}}, top_k=2, n_random=4, causal_n=8)
+    # positional joins so its top heads (L0H2, a current-token head the induction circuit needs) stay out of
+    # the random control sets: the toy has 8 heads and 6 of them matter for repetition
+    cfg = ScanConfig(detectors=("induction", "previous_token", "positional"),
+                     probe_params={"repeated_tokens": {"n": 8, "seq_len": 20}},
+                     top_k=2, n_random=4, causal_n=8)
     try:
         res = scan_model(toy, cfg)
     except HeadmineError as err:  # e.g. the toy tokenizer cannot tokenise the corpus
@@ -120,6 +123,9 @@ def test_toy_model_ranks_induction_and_previous_token_heads():
     n_heads = toy.geometry.n_heads
     ind = res.top("induction", n_heads)
     prev = res.top("previous_token", n_heads)
-    assert (ind.head_layer if hasattr(ind, "head_layer") else ind.layer).iloc[0] == 1
-    assert prev.layer.iloc[0] == 0
-    assert res.causal["induction"].confirmed
+    assert set(ind.layer.iloc[:2]) == {1}
+    assert set(prev.layer.iloc[:2]) == {0}
+    for name in ("induction", "previous_token"):
+        check = res.causal[name]
+        assert check.confirmed, check.to_dict()
+        assert check.topk_effect > 2.0 > max(check.random_effects)

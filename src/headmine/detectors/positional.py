@@ -1,4 +1,8 @@
-"""Positional / local heads (survey: Positional Head, Local Head), on natural text.
+"""Positional / local heads (survey: Positional Head, Local Head), on repeated random tokens.
+
+Random tokens carry no content cue, so attention that sits at a fixed offset there is positional
+by construction (on natural text a content head can look positional). Offset 0 is the survey's
+Diagonal Head (e.g. the toy model's L0H2, a current-token head its induction heads depend on).
 
 ``positional``: for each head, the attention mass at each fixed offset ``i - j`` for offsets
 0..K-1 (K = 8) on real query rows, key 0 excluded and rows renormalised over keys >= 1; the
@@ -77,11 +81,11 @@ def local_score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = N
 
 _ptype, _pstage = survey_tag("Positional Head", "In-Context Identification")
 POSITIONAL = register(Detector(
-    name="positional", head_type=_ptype, stage=_pstage, task="natural_text", sites=frozenset({Site.PATTERN}),
+    name="positional", head_type=_ptype, stage=_pstage, task="repeated_tokens", sites=frozenset({Site.PATTERN}),
     score=positional_score, threshold=0.6, definition=f"largest attention mass at one fixed offset 0..{MAX_OFFSET - 1}",
 ))
 _ltype, _lstage = survey_tag("Local Head", "In-Context Identification")
 LOCAL = register(Detector(
-    name="local", head_type=_ltype, stage=_lstage, task="natural_text", sites=frozenset({Site.PATTERN}),
+    name="local", head_type=_ltype, stage=_lstage, task="repeated_tokens", sites=frozenset({Site.PATTERN}),
     score=local_score, threshold=0.8, definition=f"attention mass within the last {WINDOW} positions",
 ))

@@ -1,8 +1,10 @@
 """Previous-token heads (survey: Previous Token Head, In-Context Identification).
 
 Score: TransformerLens "mul" template score with ``P[i, i-1] = 1`` on real tokens, key 0
-excluded (it is the attention sink; see ``template_score``). Read on natural text, where the
-survey and Olsson et al. define the type.
+excluded (it is the attention sink; see ``template_score``). Read on repeated random tokens (the
+catalog's task for this type, and the pass the induction detectors already make): Olsson et al.
+use natural text, but random tokens work for every tokenizer (a toy vocabulary turns the corpus
+into unknown tokens) and keep content cues out of the score.
 """
 
 from __future__ import annotations
@@ -31,6 +33,6 @@ def score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -
 
 _type, _stage = survey_tag("Previous Token Head", "In-Context Identification")
 DETECTOR = register(Detector(
-    name=NAME, head_type=_type, stage=_stage, task="natural_text", sites=frozenset({Site.PATTERN}),
+    name=NAME, head_type=_type, stage=_stage, task="repeated_tokens", sites=frozenset({Site.PATTERN}),
     score=score, threshold=0.4, definition="attention mass on position i-1 (key 0 excluded)",
 ))

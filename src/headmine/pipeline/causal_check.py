@@ -1,12 +1,15 @@
 """Causal confirmation of a scan: mean-ablate each detector's top-k heads vs k random heads.
 
 Each detector names the task that defines its head type (``CAUSAL_TASKS``) and a metric where
-higher is worse: next-token loss on the second repeat (induction family, previous-token), on
-natural text (positional, local, sink, copy suppression), on successor positions (successor), on
+higher is worse: next-token loss on the second repeat (induction family, previous-token, positional, local), on
+natural text (sink, copy suppression), on successor positions (successor), on
 the needle's answer tokens given the prompt (retrieval), or minus the IOI logit difference (name
 movers). Ablation = mean ablation at z (mean over the evaluation batch's real positions), through
-``headmine.causal``. Random draws (k heads from outside the top-k, ``n_random`` draws, fixed
-seed) are shared by every detector on the same task. Sink heads are also tested for dormancy:
+``headmine.causal``. Random draws (``n_random`` sets of k heads, fixed seed) come from the heads
+outside the top-k of EVERY detector on the same task (so a random set is not secretly another
+candidate set, which matters in small models where half the heads are specialised), and are
+shared by those detectors; when fewer than k such heads exist, each detector draws from the
+heads outside its own top-k. Sink heads are also tested for dormancy:
 all of a head's attention moved to the first token (z := v at position 0), KL to the clean run.
 """
 
@@ -36,8 +39,8 @@ CAUSAL_TASKS: dict[str, tuple[str, int]] = {
     "duplicate_token": ("repeated_tokens", 1),
     "copying": ("repeated_tokens", 1),
     "previous_token": ("repeated_tokens", 1),
-    "positional": ("natural_text", 1),
-    "local": ("natural_text", 1),
+    "positional": ("repeated_tokens", 1),
+    "local": ("repeated_tokens", 1),
     "attention_sink": ("natural_text", 1),
     "copy_suppression": ("natural_text", 1),
     "copy_suppression_qk": ("natural_text", 1),
@@ -71,10 +74,16 @@ def _token_loss(logits: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor) -
     return (nll * w).sum() / w.sum().clamp_min(1)
 
 
-def _eval_batch(lm: LoadedModel, task: str, n: int, seed: int) -> tuple[TokenBatch, Callable[[torch.Tensor], float]]:
-    """The evaluation batch of a causal task and its metric (higher = worse) on logits."""
+def _eval_batch(lm: LoadedModel, task: str, n: int, seed: int,
+                scan_params: dict[str, Any] | None = None) -> tuple[TokenBatch, Callable[[torch.Tensor], float]]:
+    """The evaluation batch of a causal task and its metric (higher = worse) on logits.
+
+    A ``seq_len`` the scan used for the same probe is kept (a toy model trained on short
+    sequences is evaluated where it was trained)."""
     tok = lm.tokenizer
     params = dict(CAUSAL_PARAMS[task])
+    if scan_params and "seq_len" in scan_params and "seq_len" in params:
+        params["seq_len"] = int(scan_params["seq_len"])
     if task == "needle":
         probe = PROBES.get("needle")(tok, seed=seed, **params)
         rows, weights = [], []
@@ -145,7 +154,7 @@ def run_causal_checks(
     total = sum(len(v) + cfg.n_random + 1 for v in by_task.values())
     done = 0
     for task, names in by_task.items():
-        batch, metric = _eval_batch(lm, task, cfg.causal_n, cfg.seed + 1000)
+        batch, metric = _eval_batch(lm, task, cfg.causal_n, cfg.seed + 1000, result.probe_params.get(task))
         ids, mask = batch.input_ids, batch.attention_mask
         inputs[f"causal:{task}"] = [tuple(int(t) for t in r[m.bool()].tolist()) for r, m in zip(ids, mask, strict=True)]
         ref = run_capture(lm, CaptureSpec(sites=frozenset({Site.Z}), keep_logits=True), ids, mask)
@@ -163,15 +172,18 @@ def run_causal_checks(
         rng = random.Random(cfg.seed + 7)
         tops = {name: _top_heads(result, name, k) for name in names}
         excluded = {h for hs in tops.values() for h in hs}
-        pool = [h for h in all_heads if h not in excluded] or all_heads
-        random_effects = []
-        for _ in range(cfg.n_random):
-            random_effects.append(effect(rng.sample(pool, min(k, len(pool)))))
-            done += 1
-            if progress:
-                progress("causal", done, total)
-        done += 1
+        pool = [h for h in all_heads if h not in excluded]
+        shared: list[float] | None = None
+        if len(pool) >= k:
+            shared = [effect(rng.sample(pool, k)) for _ in range(cfg.n_random)]
+        done += cfg.n_random + 1
+        if progress:
+            progress("causal", done, total)
         for name in names:
+            random_effects = shared
+            if random_effects is None:  # few heads: draw outside this detector's own top-k
+                own = [h for h in all_heads if h not in tops[name]]
+                random_effects = [effect(rng.sample(own, min(k, len(own)))) for _ in range(cfg.n_random)]
             top_effect = effect(tops[name])
             done += 1
             if progress:
