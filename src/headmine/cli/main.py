@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "headmine.cli.factual",
     "headmine.cli.scan",
     "headmine.cli.causal",
+    "headmine.cli.mine",
 ]
 
 for _module in COMMAND_MODULES:

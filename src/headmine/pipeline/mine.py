@@ -1,0 +1,225 @@
+"""`headmine mine`: the main job. Scan -> causal checks -> causal toolkit on IOI -> quick CHG ->
+factual recall -> report, all into one atlas, resumable.
+
+Each stage writes one atlas run tagged with the session's ``group_id``. The group id is derived
+from the model's file hash and the budget, so running the same command again resumes: stages whose
+run is already in the atlas are skipped. ``fresh=True`` starts a new session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headmine.core.errors import InputError, TaskError
+from headmine.models.loading import LoadedModel
+
+#: progress(stage, done, total): the stage's own progress, as the pipelines report it.
+StageProgress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """How thorough `mine` is. Sizes are prompts per task unless named otherwise."""
+
+    name: str
+    scan_batch: int
+    scan_probe_n: int
+    causal_n: int
+    toolkit_n: int
+    chg_preset: str
+    chg_seeds: int
+    chg_n: int
+    chg_tasks: tuple[str, ...]
+    factual_n: int
+    factual_shots: int
+
+
+BUDGETS: dict[str, Budget] = {
+    "quick": Budget(name="quick", scan_batch=8, scan_probe_n=8, causal_n=8, toolkit_n=16, chg_preset="quick",
+                    chg_seeds=2, chg_n=16, chg_tasks=("ioi",), factual_n=8, factual_shots=0),
+    "standard": Budget(name="standard", scan_batch=8, scan_probe_n=16, causal_n=16, toolkit_n=32, chg_preset="quick",
+                       chg_seeds=3, chg_n=32, chg_tasks=("ioi", "induction"), factual_n=16, factual_shots=3),
+    "thorough": Budget(name="thorough", scan_batch=8, scan_probe_n=32, causal_n=32, toolkit_n=64, chg_preset="paper",
+                       chg_seeds=4, chg_n=64, chg_tasks=("ioi", "induction", "factual"), factual_n=32, factual_shots=3),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the main job: ``kind``/``task`` identify its atlas run (for resuming)."""
+
+    name: str
+    kind: str
+    task: str | None
+    cost: float  # rough cost in plain-forward-pass units, for the time estimate
+    run: Callable[[LoadedModel, Budget, str, str, StageProgress], int]
+
+
+@dataclass
+class MineResult:
+    model: str
+    atlas: Path
+    group_id: str
+    run_ids: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def group_id_for(lm: LoadedModel, budget: Budget, *, fresh: bool = False) -> str:
+    base = f"{lm.name}|{lm.provenance.file_hash}|{budget.name}"
+    if fresh:
+        base += f"|{time.time_ns()}"
+    return "mine-" + hashlib.sha256(base.encode()).hexdigest()[:16]
+
+
+# ---- stages -----------------------------------------------------------------------------------
+def _scan(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
+    from headmine.pipeline.scan import ScanConfig, scan_model, write_scan
+
+    config = ScanConfig(batch_size=budget.scan_batch, causal_n=budget.causal_n)
+    result = scan_model(lm, config, progress=progress)
+    return write_scan(result, atlas, group_id=gid)
+
+
+def _toolkit(method: str, **extra: Any) -> Callable[[LoadedModel, Budget, str, str, StageProgress], int]:
+    def run(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
+        from headmine.pipeline.causal import CausalConfig, run_causal, write_causal
+
+        progress(method, 0, 1)
+        result = run_causal(lm, CausalConfig(method=method, task="ioi", n=budget.toolkit_n, **extra))
+        progress(method, 1, 1)
+        return write_causal(result, atlas, group_id=gid)
+
+    return run
+
+
+def _chg(task: str) -> Callable[[LoadedModel, Budget, str, str, StageProgress], int]:
+    def run(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
+        from headmine.causal.head_gating import CHGConfig, task_data
+        from headmine.pipeline.gating import gate_model, write_gate
+
+        data, prompts = task_data(lm, task, n=budget.chg_n, seed=0)
+        config = CHGConfig.preset_for(budget.chg_preset, seeds=budget.chg_seeds)
+        report = gate_model(lm, data, config, task=task, prompts=prompts,
+                            progress=lambda stage, step, total, loss: progress(f"CHG {stage}", step, total))
+        return write_gate(report, atlas, group_id=gid)
+
+    return run
+
+
+def _factual(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
+    from headmine.pipeline.factual import FactualConfig, run_factual, write_factual
+
+    progress("factual", 0, 1)
+    report = run_factual(lm, FactualConfig(n_per_relation=budget.factual_n, shots=budget.factual_shots),
+                         log=lambda stage, *_: progress(f"factual: {stage}", 0, 1))
+    progress("factual", 1, 1)
+    return write_factual(report, lm, atlas, group_id=gid)
+
+
+def stages_for(lm: LoadedModel, budget: Budget) -> list[Stage]:
+    """The job's stages for this model (decoder-only stages are left out for encoders)."""
+    g = lm.geometry
+    heads = g.n_layers * g.n_heads
+    out = [Stage("scan + causal checks", "scan", None, 40 + 4 * g.n_layers, _scan)]
+    if not lm.adapter.is_causal:
+        return out
+    out += [
+        Stage("ablation sweep (IOI)", "ablation", "ioi", heads / 8, _toolkit("ablation", mode="mean")),
+        Stage("activation patching (IOI)", "patching", "ioi", heads / 8, _toolkit("patching")),
+        Stage("attribution patching (IOI)", "attribution", "ioi", 6, _toolkit("attribution")),
+        Stage("direct logit attribution (IOI)", "dla", "ioi", 2, _toolkit("dla")),
+    ]
+    out += [Stage(f"causal head gating ({t})", "chg", t, 3 * 20 * 3 * budget.chg_seeds, _chg(t)) for t in budget.chg_tasks]
+    out.append(Stage("factual recall", "factual", None, 60 + 2 * heads / 8, _factual))
+    return out
+
+
+def completed_stages(atlas_path: str | Path, group_id: str) -> set[tuple[str, str | None]]:
+    """(kind, task) pairs already written by this session."""
+    from headmine.atlas import Atlas
+
+    if not Path(atlas_path).exists():
+        return set()
+    with Atlas.open(atlas_path, create=False) as db:
+        runs = db.runs(group_id=group_id)
+    return {(r.kind, r.task if isinstance(r.task, str) else None) for r in runs.itertuples()}
+
+
+def _done(stage: Stage, completed: set[tuple[str, str | None]]) -> bool:
+    return any(kind == stage.kind and (stage.task is None or task == stage.task or (task or "").startswith(stage.task))
+               for kind, task in completed)
+
+
+def forward_seconds(lm: LoadedModel) -> float:
+    """Wall time of one plain forward of a small batch: the unit of the time estimate."""
+    import torch
+
+    ids = torch.randint(10, min(lm.geometry.vocab_size, 1000), (8, 64), generator=torch.Generator().manual_seed(0))
+    lm.forward(ids)  # warm-up
+    start = time.perf_counter()
+    lm.forward(ids)
+    return time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `mine` will do: all stages, the ones still to run, and an estimate in seconds."""
+
+    group_id: str
+    stages: list[Stage]
+    todo: list[Stage]
+    estimate_s: float
+
+
+def plan(lm: LoadedModel, atlas_path: str | Path, *, budget: str = "quick", fresh: bool = False) -> Plan:
+    if budget not in BUDGETS:
+        raise InputError(f"unknown budget {budget!r}", f"use one of {', '.join(BUDGETS)}")
+    b = BUDGETS[budget]
+    gid = group_id_for(lm, b, fresh=fresh)
+    stages = stages_for(lm, b)
+    completed = completed_stages(atlas_path, gid)
+    todo = [s for s in stages if not _done(s, completed)]
+    return Plan(gid, stages, todo, sum(s.cost for s in todo) * forward_seconds(lm))
+
+
+def mine(
+    lm: LoadedModel,
+    atlas_path: str | Path,
+    *,
+    budget: str = "quick",
+    fresh: bool = False,
+    group_id: str | None = None,
+    only: set[str] | None = None,
+    on_stage: Callable[[Stage, int, int], None] | None = None,
+    progress: StageProgress | None = None,
+) -> MineResult:
+    """Run every stage not yet in the atlas for this session; raise nothing half-written."""
+    if budget not in BUDGETS:
+        raise InputError(f"unknown budget {budget!r}", f"use one of {', '.join(BUDGETS)}")
+    b = BUDGETS[budget]
+    gid = group_id if group_id is not None else group_id_for(lm, b, fresh=fresh)
+    result = MineResult(model=lm.name, atlas=Path(atlas_path), group_id=gid)
+    completed = completed_stages(atlas_path, gid)
+    stages = [s for s in stages_for(lm, b) if only is None or s.kind in only]
+    for i, stage in enumerate(stages):
+        if on_stage is not None:
+            on_stage(stage, i, len(stages))
+        if _done(stage, completed):
+            result.skipped.append(stage.name)
+            continue
+        start = time.perf_counter()
+        try:
+            result.run_ids[stage.name] = stage.run(lm, b, str(atlas_path), gid, progress or (lambda *_: None))
+        except TaskError as exc:  # e.g. IOI names are not single tokens in a toy vocabulary
+            result.notes.append(f"{stage.name}: not applicable to {lm.name}: {exc.problem}")
+            continue
+        result.timings[stage.name] = time.perf_counter() - start
+    return result
