@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-fit", action="store_true")
+    p.add_argument("--fit-only", action="store_true", help="only the quick fit (clean peak-memory number)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model(args.model)
@@ -113,23 +114,25 @@ def main() -> None:
         f"CHG update, K={k} in one pass": lambda: chg_update(k),
         f"CHG update, K={k} separate passes": k_separate,
     }
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for fn in cases.values():  # warm-up
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in cases.items():
-            times[name].append(timed(fn))
-    med = {name: statistics.median(v) for name, v in times.items()}
-    upd = med[f"CHG update, K={k} in one pass"]
-    out = {
-        "model": args.model, "task": args.task, "rows": b, "seeds": k, "tokens_per_row": int(ids.shape[1]),
-        "threads": args.threads, "median_s": med,
-        "update_vs_plain_fwd_bwd_full_logits": upd / med["plain fwd+bwd (K*B rows, full logits)"],
-        "update_vs_plain_fwd_bwd_target_logits": upd / med["plain fwd+bwd (K*B rows, target logits)"],
-        "update_vs_training_step": upd / med["training step (K*B rows, weight grads)"],
-        "update_in_forwards": upd / med["forward only (K*B rows)"],
-        "one_pass_vs_separate": upd / med[f"CHG update, K={k} separate passes"],
-    }
+    out: dict = {"model": args.model, "task": args.task, "rows": b, "seeds": k, "tokens_per_row": int(ids.shape[1]),
+                 "threads": args.threads}
+    if not args.fit_only:
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for fn in cases.values():  # warm-up
+            fn()
+        for _ in range(args.repeats):
+            for name, fn in cases.items():
+                times[name].append(timed(fn))
+        med = {name: statistics.median(v) for name, v in times.items()}
+        upd = med[f"CHG update, K={k} in one pass"]
+        out.update({
+            "median_s": med,
+            "update_vs_plain_fwd_bwd_full_logits": upd / med["plain fwd+bwd (K*B rows, full logits)"],
+            "update_vs_plain_fwd_bwd_target_logits": upd / med["plain fwd+bwd (K*B rows, target logits)"],
+            "update_vs_training_step": upd / med["training step (K*B rows, weight grads)"],
+            "update_in_forwards": upd / med["forward only (K*B rows)"],
+            "one_pass_vs_separate": upd / med[f"CHG update, K={k} separate passes"],
+        })
     if not args.no_fit:
         cfg = CHGConfig.preset_for("quick", seeds=k)
         rss0 = peak_rss_mb()
