@@ -12,7 +12,7 @@ from headmine.pipeline.factual import FactualConfig, run_factual, write_factual
 
 SMALL = FactualConfig(relations=["country_capital", "country_language", "object_colour"], heldout_relations=["object_colour"],
                       n_per_relation=5, shots=2, corpus_windows=2, window_len=32, top_k=2,
-                      max_senders=6, max_pairs=10, max_train=12)
+                      max_senders=6, max_pairs=10, max_train=12, factors=(0.0,))
 
 
 def _check(rep, lm, tmp_path) -> None:
@@ -27,7 +27,12 @@ def _check(rep, lm, tmp_path) -> None:
         assert lo <= rep.mitigation[split]["dprob"] <= hi
     run_id = write_factual(rep, lm, tmp_path / "atlas.db")
     with Atlas.open(tmp_path / "atlas.db") as db:
-        assert db.runs()[0]["id"] == run_id if hasattr(db, "runs") else True
+        assert db.run(run_id).kind == "factual"
+        assert len(db.inputs(run_id)) == len(rep.inputs)
+        assert db.artifact(run_id, "summary")["mitigation"]["mitigation"] == rep.chosen.name
+        scores = db.scores(run_id=run_id)
+        assert {"factual_trajectory", "factual_argument_passing", "factual_mlp_decomposition",
+                "factual_suppression"} <= set(scores["method"])
     js, _ = rep.chosen.save(tmp_path / "mitigation")
     assert js.exists()
 

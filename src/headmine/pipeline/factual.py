@@ -53,6 +53,7 @@ class FactualConfig:
     max_senders: int | None = 24                # heads path-patched after the screen (None = all)
     max_pairs: int | None = 32                  # subject-swap pairs used for argument passing
     max_train: int | None = 48                  # training prompts scoring each mitigation candidate
+    factors: tuple[float, ...] = (0.0, 0.5)     # head/MLP scale factors among the mitigation candidates
 
 
 @dataclass
@@ -189,7 +190,7 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Calla
     half = max(1, corpus.shape[0] // 2)
     sup_heads = [HeadId.parse(n) for n in sup.suppressors() if n.startswith("L")]
     chosen, rows = choose_mitigation(lm, splits.train, corpus[:half], suppressor_heads=sup_heads, max_cost=cfg.max_cost,
-                                     max_train=cfg.max_train, seed=cfg.seed)
+                                     max_train=cfg.max_train, seed=cfg.seed, factors=cfg.factors)
     rep.mitigation_candidates = rows
     evals = {"train": splits.train, "heldout_facts": splits.heldout_facts}
     if splits.heldout_relations is not None:

@@ -215,12 +215,12 @@ def split_facts(batch: TokenBatch, *, heldout_relations: Sequence[str], test_fra
 
 
 def candidate_mitigations(lm: LoadedModel, train: TokenBatch, suppressor_heads: Sequence[HeadId] = (),
-                          *, layer: int | None = None) -> list[Mitigation]:
-    """The candidate set described in the module docstring (final layer unless ``layer``)."""
+                          *, layer: int | None = None, factors: Sequence[float] = (0.0, 0.5)) -> list[Mitigation]:
+    """The candidate set described in the module docstring (final layer unless ``layer``; scale ``factors``)."""
     g = lm.geometry
     layer = g.n_layers - 1 if layer is None else layer
     cands = []
-    for f in (0.0, 0.5):
+    for f in factors:
         for h in range(g.n_heads):
             cands.append(Mitigation(f"scale L{layer}H{h} x{f}", head_scales=((HeadId(layer, h), f),)))
         sup = tuple(h for h in suppressor_heads if h.layer == layer)
@@ -252,6 +252,7 @@ def choose_mitigation(
     max_cost: float = 0.05,
     max_train: int | None = 48,
     seed: int = 0,
+    factors: Sequence[float] = (0.0, 0.5),
 ) -> tuple[Mitigation, list[dict[str, Any]]]:
     """Pick the candidate with the best mean training change of log p(answer) within ``max_cost`` nats/token.
 
@@ -261,7 +262,7 @@ def choose_mitigation(
     check_fact_batch(train)
     if max_train is not None and len(train) > max_train:
         train = train.select(sorted(random.Random(seed).sample(range(len(train)), max_train)))
-    cands = list(candidates) if candidates is not None else candidate_mitigations(lm, train, suppressor_heads)
+    cands = list(candidates) if candidates is not None else candidate_mitigations(lm, train, suppressor_heads, factors=factors)
     base = answer_scores(lm, train)
     base_loss = corpus_loss(lm, corpus_ids)
     rows = []
