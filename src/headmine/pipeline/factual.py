@@ -216,7 +216,7 @@ def _log(log: Callable[[str], None] | None, stage: str, seconds: float) -> None:
         log(f"{stage} done in {seconds:.1f} s")
 
 
-def write_factual(rep: FactualReport, lm: LoadedModel, atlas_path: str | Path) -> int:
+def write_factual(rep: FactualReport, lm: LoadedModel, atlas_path: str | Path, *, group_id: str | None = None) -> int:
     """Write the report as one atlas run (scores, inputs, and the summary/mitigation as JSON artifacts)."""
     from headmine.atlas import Atlas, RunRecord
 
@@ -227,7 +227,8 @@ def write_factual(rep: FactualReport, lm: LoadedModel, atlas_path: str | Path) -
     with Atlas.open(atlas_path) as db:
         run_id = db.write_run(
             RunRecord(kind="factual", model=lm.name, model_info=lm.provenance.to_dict(), task="factual",
-                      params=asdict(rep.config), seeds=rep.config.seed, duration_s=sum(rep.timings.values())),
+                      params=asdict(rep.config), seeds=rep.config.seed, duration_s=sum(rep.timings.values()),
+                      group_id=group_id),
             scores=rep.scores, inputs=rep.inputs,
             artifacts={"summary": _jsonable(rep.summary()), "mitigation": mit or {}})
     rep.run_id = run_id
