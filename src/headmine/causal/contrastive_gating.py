@@ -30,6 +30,7 @@ import torch
 from headmine.causal.engine import intervening
 from headmine.causal.head_gating import (
     GatingData,
+    LossFn,
     Progress,
     _Batches,
     fit_stage,
@@ -124,7 +125,7 @@ def check_pair(retain: GatingData, forget: GatingData) -> None:
         )
 
 
-def contrast_loss_fn(lm: LoadedModel, retain: GatingData, forget: GatingData, cfg: ContrastConfig):
+def contrast_loss_fn(lm: LoadedModel, retain: GatingData, forget: GatingData, cfg: ContrastConfig) -> LossFn:
     """loss_fn for :func:`fit_stage` (backward inside, micro-batched; returns the detached loss [K])."""
 
     def fn(theta: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

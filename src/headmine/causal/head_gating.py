@@ -38,6 +38,9 @@ from headmine.models.loading import LoadedModel
 #: on_update(stage, step (1-based), total, loss (mean over seeds)) -- e.g. a rich progress bar.
 Progress = Callable[[str, int, int, float], None]
 
+#: loss_fn(theta [K, L, H], rows) -> (per-seed loss [K], named parts [K]); does its own backward.
+LossFn = Callable[[torch.Tensor, list[int]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
 LABELS = ("facilitating", "interfering", "irrelevant", "inconsistent", "unclassified")
 
 
@@ -501,7 +504,7 @@ class _Stage:
 
 
 def fit_stage(
-    loss_fn: Callable[[torch.Tensor, list[int]], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    loss_fn: LossFn,
     theta0: torch.Tensor,
     *,
     updates: int,
@@ -548,7 +551,7 @@ def fit_stage(
     return _Stage(theta.detach(), curves, done, stopped)
 
 
-def chg_loss_fn(lm: LoadedModel, data: GatingData, lam: float, cfg: CHGConfig):
+def chg_loss_fn(lm: LoadedModel, data: GatingData, lam: float, cfg: CHGConfig) -> LossFn:
     """loss_fn for :func:`fit_stage`: per-seed NLL - lam * mean clamp(theta); backward is done inside
     (micro-batched), the returned loss is detached."""
 
