@@ -158,7 +158,7 @@ class ScanResult:
 
     def matrix(self, name: str) -> np.ndarray:
         df = self.detector_scores(name)
-        n_l, n_h = int(df.layer.max()) + 1, int(df.head.max()) + 1
+        n_l, n_h = int(df.layer.max()) + 1, int(df["head"].max()) + 1
         out = np.full((n_l, n_h), np.nan)
         out[df.layer.to_numpy(), df["head"].to_numpy()] = df.value.to_numpy()
         return out
@@ -336,7 +336,6 @@ def scan_model(lm: LoadedModel, config: ScanConfig | None = None, *, progress: P
                 return int(record.input_ids.shape[0])
 
             if task == "ioi":
-                spec = _ioi_spec(spec)
                 for n_done in _ioi_pass(lm, spec, probe, config.batch_size, reduce, metas, base_meta):
                     done += n_done
                     if progress:
@@ -362,10 +361,6 @@ def scan_model(lm: LoadedModel, config: ScanConfig | None = None, *, progress: P
         result.inputs.update(causal_inputs)
         timings["causal"] = time.perf_counter() - t0
     return result
-
-
-def _ioi_spec(spec: CaptureSpec) -> CaptureSpec:
-    return spec
 
 
 def _ioi_pass(lm: LoadedModel, spec: CaptureSpec, probe: TokenBatch, size: int, reduce: Callable[[CaptureRecord], int],
