@@ -35,5 +35,5 @@ import torch, transformers, headmine
 print(f"headmine {headmine.__version__}, torch {torch.__version__} (cuda: {torch.cuda.is_available()}), transformers {transformers.__version__}")
 PY
 if [ "$RUN" = 1 ]; then
-  headmine doctor smollm2
+  headmine mine smollm2
 fi

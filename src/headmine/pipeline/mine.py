@@ -88,12 +88,12 @@ def _scan(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: Stage
     return write_scan(result, atlas, group_id=gid)
 
 
-def _toolkit(method: str, **extra: Any) -> Callable[[LoadedModel, Budget, str, str, StageProgress], int]:
+def _toolkit(method: str, task: str, **extra: Any) -> Callable[[LoadedModel, Budget, str, str, StageProgress], int]:
     def run(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
         from headmine.pipeline.causal import CausalConfig, run_causal, write_causal
 
         progress(method, 0, 1)
-        result = run_causal(lm, CausalConfig(method=method, task="ioi", n=budget.toolkit_n, **extra))
+        result = run_causal(lm, CausalConfig(method=method, task=task, n=budget.toolkit_n, **extra))
         progress(method, 1, 1)
         return write_causal(result, atlas, group_id=gid)
 
@@ -124,6 +124,17 @@ def _factual(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: St
     return write_factual(report, lm, atlas, group_id=gid)
 
 
+def toolkit_task(lm: LoadedModel) -> str:
+    """IOI where the tokenizer has single-token names; else in-context repetition (e.g. toy vocabularies)."""
+    from headmine.tasks import load_task
+
+    try:
+        load_task("ioi", lm.tokenizer, n=2, seed=0)
+    except TaskError:
+        return "induction"
+    return "ioi"
+
+
 def stages_for(lm: LoadedModel, budget: Budget) -> list[Stage]:
     """The job's stages for this model (decoder-only stages are left out for encoders)."""
     g = lm.geometry
@@ -131,13 +142,15 @@ def stages_for(lm: LoadedModel, budget: Budget) -> list[Stage]:
     out = [Stage("scan + causal checks", "scan", None, 40 + 4 * g.n_layers, _scan)]
     if not lm.adapter.is_causal:
         return out
+    task = toolkit_task(lm)
     out += [
-        Stage("ablation sweep (IOI)", "ablation", "ioi", heads / 8, _toolkit("ablation", mode="mean")),
-        Stage("activation patching (IOI)", "patching", "ioi", heads / 8, _toolkit("patching")),
-        Stage("attribution patching (IOI)", "attribution", "ioi", 6, _toolkit("attribution")),
-        Stage("direct logit attribution (IOI)", "dla", "ioi", 2, _toolkit("dla")),
+        Stage(f"ablation sweep ({task})", "ablation", task, heads / 8, _toolkit("ablation", task, mode="mean")),
+        Stage(f"activation patching ({task})", "patching", task, heads / 8, _toolkit("patching", task)),
+        Stage(f"attribution patching ({task})", "attribution", task, 6, _toolkit("attribution", task)),
+        Stage(f"direct logit attribution ({task})", "dla", task, 2, _toolkit("dla", task)),
     ]
-    out += [Stage(f"causal head gating ({t})", "chg", t, 3 * 20 * 3 * budget.chg_seeds, _chg(t)) for t in budget.chg_tasks]
+    chg_tasks = dict.fromkeys(t if t != "ioi" else task for t in budget.chg_tasks)
+    out += [Stage(f"causal head gating ({t})", "chg", t, 3 * 20 * 3 * budget.chg_seeds, _chg(t)) for t in chg_tasks]
     out.append(Stage("factual recall", "factual", None, 60 + 2 * heads / 8, _factual))
     return out
 

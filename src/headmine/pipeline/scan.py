@@ -296,10 +296,21 @@ def scan_model(lm: LoadedModel, config: ScanConfig | None = None, *, progress: P
     # build every probe first: a tokenizer problem (multi-token names...) fails before any forward pass
     probes: dict[str, TokenBatch] = {}
     probe_params: dict[str, dict[str, Any]] = {}
-    for task in groups:
+    not_applicable: dict[str, str] = {}
+    for task in list(groups):
         probe_params[task] = config.params_for(task)
-        probes[task] = build_probe(lm, task, probe_params[task], config.seed)
-        lm.check_length(int(probes[task].input_ids.shape[1]) + (config.max_new_tokens if task == "needle" else 0))
+        try:
+            probes[task] = build_probe(lm, task, probe_params[task], config.seed)
+            lm.check_length(int(probes[task].input_ids.shape[1]) + (config.max_new_tokens if task == "needle" else 0))
+        except (TaskError, InputError) as exc:
+            if config.detectors:  # the user asked for these detectors: say why they cannot run
+                raise
+            not_applicable[task] = exc.problem  # default scan: run what this tokenizer supports
+            detectors = [d for d in detectors if d.task != task]
+            del groups[task]
+            probes.pop(task, None)
+    if not groups:
+        raise TaskError(f"no probe task can be built for {lm.name}: {not_applicable}", "use a natural-language model")
     frames: list[pd.DataFrame] = []
     timings: dict[str, float] = {}
     inputs: dict[str, list[tuple[int, ...]]] = {}
@@ -351,7 +362,8 @@ def scan_model(lm: LoadedModel, config: ScanConfig | None = None, *, progress: P
     scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
     result = ScanResult(model=lm.name, model_info=_model_info(lm), config=config, detectors=detectors,
                         scores=scores, causal={}, inputs=inputs, probe_params=probe_params, timings=timings,
-                        started_at=started)
+                        started_at=started,
+                        notes=[f"probe {task!r} skipped: {why}" for task, why in not_applicable.items()])
     if config.causal:
         from headmine.pipeline.causal_check import run_causal_checks
 

@@ -184,6 +184,12 @@ def natural_text(
             raise TaskError(f"cannot read {path}: {err}", "check the path") from err
     source = corpus_text() if text is None else text
     ids = list(tokenizer(source, add_special_tokens=False)["input_ids"])
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and ids and sum(i == unk for i in ids) > len(ids) // 2:
+        raise TaskError(
+            "most of the English corpus maps to the unknown token in this tokenizer",
+            "natural-text probes need a natural-language vocabulary; toy vocabularies cannot run them",
+        )
     n_windows = len(ids) // seq_len
     if n > n_windows:
         raise TaskError(

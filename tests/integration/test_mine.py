@@ -1,0 +1,70 @@
+"""`headmine mine` end to end on the toy model: every stage lands, a re-run resumes, an interruption keeps finished stages."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from headmine.atlas import Atlas
+from headmine.cli.main import app
+from headmine.pipeline import mine as mine_module
+from headmine.pipeline.mine import mine, plan
+
+
+@pytest.fixture()
+def atlas_path(tmp_path):
+    return tmp_path / "atlas.db"
+
+
+def test_mine_writes_every_applicable_stage_then_resumes(toy, atlas_path):
+    first = mine(toy, atlas_path, budget="quick")
+    kinds = {"scan", "ablation", "patching", "attribution", "dla", "chg"}
+    with Atlas.open(atlas_path, create=False) as db:
+        runs = db.runs(group_id=first.group_id)
+    assert kinds <= set(runs.kind)
+    assert any("factual" in note and "not applicable" in note for note in first.notes)
+    second = mine(toy, atlas_path, budget="quick")
+    assert second.run_ids == {} and len(second.skipped) == len(first.run_ids)
+    with Atlas.open(atlas_path, create=False) as db:
+        assert len(db.runs(group_id=first.group_id)) == len(runs)
+    assert [s.kind for s in plan(toy, atlas_path, budget="quick").todo] == ["factual"]  # not applicable: retried
+
+
+def test_interrupted_mine_keeps_finished_stages_and_redoes_nothing(toy, atlas_path, monkeypatch):
+    real = mine_module._toolkit
+
+    def interrupting(method, task, **extra):
+        run = real(method, task, **extra)
+        if method != "patching":
+            return run
+
+        def boom(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        return boom
+
+    monkeypatch.setattr(mine_module, "_toolkit", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        mine(toy, atlas_path, budget="quick")
+    with Atlas.open(atlas_path, create=False) as db:
+        done = set(db.runs().kind)
+    assert done == {"scan", "ablation"}  # stages before the interruption, nothing half-written after it
+    monkeypatch.setattr(mine_module, "_toolkit", real)
+    resumed = mine(toy, atlas_path, budget="quick")
+    assert {"scan + causal checks", "ablation sweep (induction)"} <= set(resumed.skipped)
+    assert "activation patching (induction)" in resumed.run_ids
+
+
+def test_mine_cli_writes_the_report(tmp_path):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["mine", "toy-induction", "--atlas", str(tmp_path / "a.db"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "toy-induction.html").exists()
+    assert "estimated" in result.output and "report:" in result.output
+
+
+def test_mine_rejects_an_unknown_budget(tmp_path):
+    result = CliRunner().invoke(app, ["mine", "toy-induction", "--atlas", str(tmp_path / "a.db"), "--budget", "huge"])
+    assert result.exit_code == 2
+    assert "unknown budget 'huge'" in result.output
+    assert not (tmp_path / "a.db").exists()
