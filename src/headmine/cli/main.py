@@ -15,13 +15,13 @@ app = typer.Typer(
 )
 
 COMMAND_MODULES = [
-    "headmine.cli.gating",
-    "headmine.cli.info",
-    "headmine.cli.report",
-    "headmine.cli.factual",
+    "headmine.cli.mine",
     "headmine.cli.scan",
     "headmine.cli.causal",
-    "headmine.cli.mine",
+    "headmine.cli.gating",
+    "headmine.cli.factual",
+    "headmine.cli.report",
+    "headmine.cli.info",
 ]
 
 for _module in COMMAND_MODULES:
