@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from headmine.causal.head_gating import (
     Progress,
     _Batches,
     fit_stage,
+    from_preset,
     gated_logprob,
     init_logits,
     prompt_target_data,
@@ -76,13 +77,7 @@ class ContrastConfig:
 
     @classmethod
     def preset_for(cls, name: str = "paper", **overrides: Any) -> ContrastConfig:
-        if name not in CONTRAST_PRESETS:
-            raise InputError(f"unknown contrastive preset {name!r}", f"use one of {sorted(CONTRAST_PRESETS)}")
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise InputError(f"unknown option(s) {bad}", f"valid options: {sorted(known)}")
-        return replace(CONTRAST_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+        return from_preset(CONTRAST_PRESETS, name, "contrastive", overrides)
 
     def __post_init__(self) -> None:
         if self.updates < 0 or self.batch_size < 1 or self.micro_batch < 1 or self.seeds < 1:

@@ -264,13 +264,7 @@ class CHGConfig:
     def preset_for(cls, name: str = "paper", **overrides: Any) -> CHGConfig:
         """``"paper"`` (appendix 6.2: 3 x 500 updates, batch 64, lr 0.1->0.01 then 0.5->0.1, 10 seeds) or
         ``"quick"`` (CPU: 3 x 20 updates, batch 8, higher learning rates, 2 seeds)."""
-        if name not in PRESETS:
-            raise InputError(f"unknown CHG preset {name!r}", f"use one of {sorted(PRESETS)}")
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise InputError(f"unknown CHG option(s) {bad}", f"valid options: {sorted(known)}")
-        return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+        return from_preset(PRESETS, name, "CHG", overrides)
 
     def __post_init__(self) -> None:
         if len(self.updates) != 3 or len(self.lrs) != 3:
@@ -293,6 +287,18 @@ PRESETS: dict[str, CHGConfig] = {
 
 
 # --------------------------------------------------------------------------- forward
+def from_preset(presets: dict[str, Any], name: str, kind: str, overrides: dict[str, Any]) -> Any:
+    """``presets[name]`` with ``overrides`` (None values ignored); unknown names and options are errors."""
+    if name not in presets:
+        raise InputError(f"unknown {kind} preset {name!r}", f"use one of {sorted(presets)}")
+    base = presets[name]
+    known = {f.name for f in fields(base)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise InputError(f"unknown {kind} option(s) {bad}", f"valid options: {sorted(known)}")
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     import inspect
 
