@@ -132,3 +132,30 @@ def test_unembedding_and_final_norm_paths_resolve(model, batch):
         cap = model.model.config.final_logit_softcapping
         logits = torch.tanh(logits / cap) * cap
     torch.testing.assert_close(logits, rec.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_qkv_weight_slices_reproduce_the_projections(model, batch):
+    """x @ W_Q[h] (and W_K, W_V per KV head), read with a raw hook on the projection module, equals
+    the model's own projection output for that head (bias removed): checks Conv1D and fused layouts."""
+    a, g = model.adapter, model.geometry
+    seen = {}
+    points = a.qkv_hook_points(1)
+
+    def keeper(site):
+        def hook(module, args, out):
+            seen.setdefault(site, (args[0], out))  # returns None: the output is left as it is
+
+        return hook
+
+    handles = [module.register_forward_hook(keeper(site)) for site, (module, _) in points.items()]
+    try:
+        model.forward(*batch)
+    finally:
+        for h in handles:
+            h.remove()
+    for site, weight, n in ((Site.Q, a.W_Q(1), g.n_heads), (Site.K, a.W_K(1), g.n_kv_heads), (Site.V, a.W_V(1), g.n_kv_heads)):
+        x, out = seen[site]
+        per_head = points[site][1](out)  # [batch, pos, n, d_head]
+        bias_free = per_head - points[site][1](points[site][0](torch.zeros_like(x)))
+        for h in range(n):
+            torch.testing.assert_close(x @ weight[h], bias_free[..., h, :], rtol=1e-4, atol=1e-5)

@@ -148,14 +148,20 @@ class ModelAdapter:
         w = linear.weight
         return w.view(n, self.geometry.d_head, w.shape[-1]).transpose(1, 2)
 
+    def _qkv_weight(self, layer: int, which: int) -> torch.Tensor:
+        """q (0), k (1) or v (2) projection weight as [n, d_model, d_head]; fused families override this."""
+        assert self.qkv_names is not None
+        n = self.geometry.n_heads if which == 0 else self.geometry.n_kv_heads
+        return self._linear_in_heads(_get(self.attention(layer), self.qkv_names[which]), n)
+
     def W_Q(self, layer: int) -> torch.Tensor:
-        return self._linear_in_heads(_get(self.attention(layer), self.qkv_names[0]), self.geometry.n_heads)
+        return self._qkv_weight(layer, 0)
 
     def W_K(self, layer: int) -> torch.Tensor:
-        return self._linear_in_heads(_get(self.attention(layer), self.qkv_names[1]), self.geometry.n_kv_heads)
+        return self._qkv_weight(layer, 1)
 
     def W_V(self, layer: int) -> torch.Tensor:
-        return self._linear_in_heads(_get(self.attention(layer), self.qkv_names[2]), self.geometry.n_kv_heads)
+        return self._qkv_weight(layer, 2)
 
     def W_O(self, layer: int) -> torch.Tensor:
         """[head, d_head, d_model]: head h's slice of the output projection."""

@@ -22,15 +22,6 @@ class GPT2Adapter(ModelAdapter):
         part = w[:, which * g.d_model : (which + 1) * g.d_model]
         return part.view(g.d_model, g.n_heads, g.d_head).permute(1, 0, 2)
 
-    def W_Q(self, layer: int) -> torch.Tensor:
-        return self._qkv_weight(layer, 0)
-
-    def W_K(self, layer: int) -> torch.Tensor:
-        return self._qkv_weight(layer, 1)
-
-    def W_V(self, layer: int) -> torch.Tensor:
-        return self._qkv_weight(layer, 2)
-
     def W_O(self, layer: int) -> torch.Tensor:
         g = self.geometry
         return self.out_proj(layer).weight.view(g.n_heads, g.d_head, g.d_model)  # Conv1D: [H*d_head, d_model]

@@ -21,15 +21,6 @@ class GPTNeoXAdapter(ModelAdapter):
         w = self.attention(layer).query_key_value.weight  # [H*3*d_head, d_model]
         return w.view(g.n_heads, 3, g.d_head, g.d_model)[:, which].transpose(1, 2)
 
-    def W_Q(self, layer: int) -> torch.Tensor:
-        return self._qkv_weight(layer, 0)
-
-    def W_K(self, layer: int) -> torch.Tensor:
-        return self._qkv_weight(layer, 1)
-
-    def W_V(self, layer: int) -> torch.Tensor:
-        return self._qkv_weight(layer, 2)
-
     def qkv_hook_points(self, layer: int) -> dict[Site, QKVHookPoint]:
         g, fused = self.geometry, self.attention(layer).query_key_value
 
