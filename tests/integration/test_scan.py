@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from headmine.core.errors import AtlasError, HeadmineError, ModelLoadError
+from headmine.core.errors import AtlasError, HeadmineError
 from headmine.pipeline.scan import ScanConfig, scan_model, write_scan
 
 pytestmark = pytest.mark.slow
@@ -107,10 +107,7 @@ def test_bad_atlas_paths_leave_nothing_half_written(induction_scan, tmp_path):
 def test_toy_model_ranks_induction_and_previous_token_heads():
     from headmine.models.loading import load_model
 
-    try:
-        toy = load_model("toy-induction")
-    except ModelLoadError as err:
-        pytest.skip(f"toy model not available: {err.problem}")
+    toy = load_model("toy-induction")  # ships with headmine
     # positional joins so its top heads (L0H2, a current-token head the induction circuit needs) stay out of
     # the random control sets: the toy has 8 heads and 6 of them matter for repetition
     cfg = ScanConfig(detectors=("induction", "previous_token", "positional"),
