@@ -23,6 +23,12 @@ def test_mine_writes_every_applicable_stage_then_resumes(toy, atlas_path):
         runs = db.runs(group_id=first.group_id)
     assert kinds <= set(runs.kind)
     assert any("factual" in note and "not applicable" in note for note in first.notes)
+    with Atlas.open(atlas_path, create=False) as db:
+        examples = db.artifact(first.run_ids["scan + causal checks"], "attn_examples")
+    assert {"L1H0", "L1H2"} <= set(examples["patterns"])  # the induction heads' attention views for the report
+    tokens = examples["examples"][0]["tokens"]
+    rows = examples["patterns"]["L1H0"][0]
+    assert len(rows) == len(tokens) and all(abs(sum(r) - 1) < 1e-2 for r in rows)
     second = mine(toy, atlas_path, budget="quick")
     assert second.run_ids == {} and len(second.skipped) == len(first.run_ids)
     with Atlas.open(atlas_path, create=False) as db:

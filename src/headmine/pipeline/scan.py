@@ -151,6 +151,7 @@ class ScanResult:
     timings: dict[str, float]
     started_at: str = ""
     notes: list[str] = field(default_factory=list)
+    attn_examples: dict[str, Any] = field(default_factory=dict)
 
     def detector_scores(self, name: str, metric: str = "score") -> pd.DataFrame:
         df = self.scores
@@ -364,6 +365,7 @@ def scan_model(lm: LoadedModel, config: ScanConfig | None = None, *, progress: P
                         scores=scores, causal={}, inputs=inputs, probe_params=probe_params, timings=timings,
                         started_at=started,
                         notes=[f"probe {task!r} skipped: {why}" for task, why in not_applicable.items()])
+    result.attn_examples = attention_examples(lm, sorted({h for d in detectors for h in head_ids(result.top(d.name, 3))}))
     if config.causal:
         from headmine.pipeline.causal_check import run_causal_checks
 
@@ -373,6 +375,31 @@ def scan_model(lm: LoadedModel, config: ScanConfig | None = None, *, progress: P
         result.inputs.update(causal_inputs)
         timings["causal"] = time.perf_counter() - t0
     return result
+
+
+EXAMPLE_PROMPTS = (
+    ("repetition", "The cat sat on the mat. The dog ran in the park. The cat sat on the mat. The dog ran"),
+    ("names", "When Mary and John went to the store, John gave a drink to"),
+)
+
+
+def attention_examples(lm: LoadedModel, heads: list[HeadId], prompts=EXAMPLE_PROMPTS, digits: int = 3) -> dict[str, Any]:
+    """Attention patterns of ``heads`` on a few short example prompts, for the report's head pages:
+    ``{"examples": [{"name", "text", "tokens"}], "patterns": {"L1H2": [[[w]] per example]}}``."""
+    if not heads or lm.tokenizer is None:
+        return {}
+    examples, patterns = [], {str(h): [] for h in heads}
+    for name, text in prompts:
+        enc = lm.tokenize([text])
+        if enc["input_ids"].shape[1] > lm.geometry.n_ctx:
+            continue
+        rec = run_capture(lm, CaptureSpec(sites={Site.PATTERN}, heads=tuple(heads), keep_logits=False), **enc)
+        ids = enc["input_ids"][0].tolist()
+        examples.append({"name": name, "text": text, "tokens": [lm.tokenizer.decode([i]) for i in ids]})
+        for h in heads:
+            mat = rec.head_tensor(Site.PATTERN, h)[0].float()
+            patterns[str(h)].append([[round(float(w), digits) for w in row[: q + 1]] for q, row in enumerate(mat.tolist())])
+    return {"examples": examples, "patterns": patterns} if examples else {}
 
 
 def _ioi_pass(lm: LoadedModel, spec: CaptureSpec, probe: TokenBatch, size: int, reduce: Callable[[CaptureRecord], int],
@@ -467,6 +494,7 @@ def write_scan(result: ScanResult, atlas_path: str, *, group_id: str | None = No
     inputs = [InputRow(idx=i, token_ids=ids, role=task) for task, rows in sorted(result.inputs.items())
               for i, ids in enumerate(rows)]
     artifacts = {"causal": {k: v.to_dict() for k, v in result.causal.items()}, "timings": result.timings,
+                 **({"attn_examples": result.attn_examples} if result.attn_examples else {}),
                  "detectors": {d.name: {"head_type": d.head_type, "stage": d.stage, "task": d.task,
                                         "threshold": d.threshold, "definition": d.definition}
                                for d in result.detectors}}
