@@ -34,6 +34,7 @@ from headmine.causal.interventions import Gate
 from headmine.core.errors import InputError
 from headmine.core.ids import HeadId
 from headmine.models.loading import LoadedModel
+from headmine.tasks.base import pad_id
 
 #: on_update(stage, step (1-based), total, loss (mean over seeds)) -- e.g. a rich progress bar.
 Progress = Callable[[str, int, int, float], None]
@@ -115,14 +116,6 @@ def _pad(rows: Sequence[Sequence[int]], masks: Sequence[Sequence[bool]], pad: in
     return ids, att, lm
 
 
-def _pad_id(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    return 0
-
-
 def token_data(
     rows: Sequence[Sequence[int]], targets: Sequence[Sequence[int]] | None = None, *,
     n_ctx: int | None = None, pad: int = 0, texts: list[str] | None = None, source: str = "",
@@ -168,7 +161,7 @@ def prompt_target_data(lm: LoadedModel, pairs: Sequence[tuple[str, str]], *, sou
     tok = lm.tokenizer
     prompts = [list(tok(p, add_special_tokens=True)["input_ids"]) for p, _ in pairs]
     targets = [list(tok(t, add_special_tokens=False)["input_ids"]) for _, t in pairs]
-    return token_data(prompts, targets, n_ctx=lm.geometry.n_ctx, pad=_pad_id(tok),
+    return token_data(prompts, targets, n_ctx=lm.geometry.n_ctx, pad=pad_id(tok),
                       texts=[p + t for p, t in pairs], source=source)
 
 
@@ -185,7 +178,7 @@ def from_prompt_set(prompts: Any, *, n_ctx: int | None = None) -> GatingData:
     the target only)."""
     items = prompts.items
     return token_data([it.ids for it in items], [it.target_ids for it in items], n_ctx=n_ctx,
-                      pad=_pad_id(prompts.tokenizer), texts=[it.prompt + it.target for it in items],
+                      pad=pad_id(prompts.tokenizer), texts=[it.prompt + it.target for it in items],
                       source=prompts.task)
 
 
