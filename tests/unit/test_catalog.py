@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from headmine.atlas import Atlas, load_head_types, load_papers
-from headmine.atlas import catalog as cat
+from headmine import catalog as cat
 from headmine.core.errors import InputError
 
 # Canonical names from the survey framework (section 5 of /work/shared/survey/survey_framework.md).

@@ -6,7 +6,7 @@ with Atlas.open("atlas.db") as db:
     db.heads(head_type="Induction Head")
 """
 
-from headmine.atlas.catalog import (
+from headmine.catalog import (
     STAGES,
     DetectorLink,
     HeadType,

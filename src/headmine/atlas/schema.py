@@ -131,7 +131,7 @@ class ScoreRow:
 
 @dataclass(frozen=True, kw_only=True)
 class LabelRow:
-    """A head tagged with a canonical survey head type (see :mod:`headmine.atlas.catalog`).
+    """A head tagged with a canonical survey head type (see :mod:`headmine.catalog`).
 
     ``value`` is the score that earned the label, ``threshold`` the cut it passed, ``method`` the
     detector or causal method that produced the score.

@@ -25,7 +25,8 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from headmine.atlas import catalog as _catalog
+from headmine import catalog as _catalog
+from headmine.atlas import catalog_tables
 from headmine.atlas.schema import (
     APP_ID,
     DDL,
@@ -345,11 +346,15 @@ class Atlas:
         fingerprint = _catalog.catalog_fingerprint()
         if self.readonly:
             return False
-        with self._transaction() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'catalog_fingerprint'").fetchone()
-            if row is not None and row[0] == fingerprint:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'catalog_fingerprint'").fetchone()
+        if row is not None and row[0] == fingerprint:
+            if not catalog_tables.missing_links(self.conn):
                 return False
-            _catalog.fill_catalog(conn)
+            with self._transaction() as conn:  # detectors registered in this process add their links
+                catalog_tables.add_links(conn)
+            return True
+        with self._transaction() as conn:
+            catalog_tables.fill_catalog(conn)
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_fingerprint', ?)", (fingerprint,)
             )

@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_catalog(db, head_type: str | None, stage: str | None, search: str | None) -> None:
-    from headmine.atlas.catalog import head_type_info
+    from headmine.catalog import head_type_info
 
     show_types = head_type is None and not search
     if head_type is not None:

@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List labelled heads from an atlas, best first within each head type."""
         from headmine.atlas import Atlas
-        from headmine.atlas.catalog import resolve_head_type
+        from headmine.catalog import resolve_head_type
 
         canonical = resolve_head_type(head_type) if head_type else None
         with Atlas.open(atlas, readonly=True) as db:

@@ -1,15 +1,15 @@
 """The paper catalog: canonical head types, the papers that describe them, and the detectors
 that look for them.
 
-Data lives in ``catalog_data/`` (``papers.tsv`` from the survey catalog, ``paper_summaries.json``
+Data lives in ``data/`` (``papers.tsv`` from the survey catalog, ``paper_summaries.json``
 and ``head_types.json`` written for headmine). The accessors here are pure Python and need no
 database, so detectors can tag themselves with a survey head type and stage at import time::
 
-    from headmine.atlas.catalog import head_type_info
+    from headmine.catalog import head_type_info
     info = head_type_info("induction head")   # aliases and case are resolved
     info.stage  # 'Latent Reasoning'
 
-:func:`fill_catalog` copies the same data into an atlas (called by ``Atlas.ensure_catalog``).
+:func:`headmine.atlas.catalog_tables.fill_catalog` copies the same data into an atlas.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import difflib
 import hashlib
 import json
 import re
-import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 
@@ -87,7 +86,7 @@ class Paper:
 
 
 def _read_text(name: str) -> str:
-    return resources.files("headmine.atlas").joinpath("catalog_data", name).read_text(encoding="utf-8")
+    return resources.files("headmine.catalog").joinpath("data", name).read_text(encoding="utf-8")
 
 
 def _norm(name: str) -> str:
@@ -125,9 +124,37 @@ def _alias_index() -> dict[str, str]:
     return index
 
 
+_REGISTERED_LINKS: dict[str, list[DetectorLink]] = {}
+"""Links declared in code: each detector registers the head types it finds (``register_link``)."""
+
+
+def register_link(head_type: str, link: DetectorLink) -> bool:
+    """Record that ``link`` finds ``head_type`` (called when a detector registers itself).
+
+    Returns False, and records nothing, when ``head_type`` is not a survey head type: a plugin may
+    look for a type the survey does not name; its labels keep the name, the catalog has no entry.
+    """
+    name = canonical_head_type(head_type)
+    if name is None:
+        return False
+    links = _REGISTERED_LINKS.setdefault(name, [])
+    if link not in links:
+        links.append(link)
+    return True
+
+
+def all_head_types() -> tuple[HeadType, ...]:
+    """The packaged head types, each with its packaged links plus the links registered in code."""
+    out = []
+    for ht in _head_types():
+        extra = tuple(link for link in _REGISTERED_LINKS.get(ht.name, ()) if link not in ht.detectors)
+        out.append(replace(ht, detectors=ht.detectors + extra) if extra else ht)
+    return tuple(out)
+
+
 def load_head_types() -> dict[str, HeadType]:
-    """All canonical head types by name, in the survey's stage order."""
-    return {ht.name: ht for ht in _head_types()}
+    """All canonical head types by name, in the survey's stage order (registered links included)."""
+    return {ht.name: ht for ht in all_head_types()}
 
 
 def canonical_head_type(name: str) -> str | None:
@@ -177,7 +204,7 @@ def normalize_stage(stage: str) -> str:
 
 def head_types_for_detector(detector: str) -> list[str]:
     """Canonical head types that ``detector`` (a detector or causal-method registry name) finds."""
-    return [ht.name for ht in _head_types() if any(d.detector == detector for d in ht.detectors)]
+    return [ht.name for ht in all_head_types() if any(d.detector == detector for d in ht.detectors)]
 
 
 def detectors_for_head_type(name: str) -> list[DetectorLink]:
@@ -239,52 +266,3 @@ def catalog_fingerprint() -> str:
         digest.update(name.encode())
         digest.update(_read_text(name).encode("utf-8"))
     return digest.hexdigest()
-
-
-def fill_catalog(conn: sqlite3.Connection) -> None:
-    """Replace the catalog tables' contents. The caller owns the transaction."""
-    for table in ("head_type_detectors", "head_type_papers", "papers", "head_types"):
-        conn.execute(f"DELETE FROM {table}")
-    conn.executemany(
-        "INSERT INTO head_types (name, stage, stage_source, subcategory, family, aliases_json, function)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                ht.name,
-                ht.stage,
-                ht.stage_source,
-                ht.subcategory,
-                ht.family,
-                json.dumps(list(ht.aliases)),
-                ht.function,
-            )
-            for ht in _head_types()
-        ],
-    )
-    conn.executemany(
-        "INSERT INTO head_type_detectors (head_type, detector, task, kind, note) VALUES (?, ?, ?, ?, ?)",
-        [(ht.name, d.detector, d.task, d.kind, d.note) for ht in _head_types() for d in ht.detectors],
-    )
-    for pid, paper in enumerate(load_papers(), start=1):
-        conn.execute(
-            "INSERT INTO papers (id, paper_key, date, title, arxiv_id, venue, head_types, models, tasks,"
-            " key_result, summary, title_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                pid,
-                paper.key,
-                paper.date,
-                paper.title,
-                paper.arxiv_id,
-                paper.venue,
-                "; ".join(paper.head_types),
-                paper.models,
-                paper.tasks,
-                paper.key_result,
-                paper.summary,
-                paper.title_source,
-            ),
-        )
-        conn.executemany(
-            "INSERT INTO head_type_papers (head_type, paper_id) VALUES (?, ?)",
-            [(name, pid) for name in paper.head_types],
-        )
