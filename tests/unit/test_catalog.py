@@ -55,7 +55,7 @@ SURVEY_STAGE = {
 
 
 def _data(name: str) -> str:
-    return resources.files("headmine.atlas").joinpath("catalog_data", name).read_text(encoding="utf-8")
+    return resources.files("headmine.catalog").joinpath("data", name).read_text(encoding="utf-8")
 
 
 def test_papers_tsv_is_the_survey_catalog() -> None:
