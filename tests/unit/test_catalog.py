@@ -13,6 +13,7 @@ import pytest
 
 from headmine.atlas import Atlas, load_head_types, load_papers
 from headmine import catalog as cat
+from headmine.detectors import DETECTORS as DETECTOR_REGISTRY
 from headmine.core.errors import InputError
 
 # Canonical names from the survey framework (section 5 of /work/shared/survey/survey_framework.md).
@@ -36,13 +37,8 @@ SURVEY_HEAD_TYPES = {
     "Direct-Effect Head", "Safety Head", "Knowledge Retention Head", "Important Head", "Active-Dormant Head",
 }  # fmt: skip
 
-DETECTORS = {
-    "previous_token", "duplicate_token", "induction", "prefix_matching", "copying", "successor",
-    "copy_suppression", "name_mover", "retrieval", "attention_sink", "dormant", "positional",
-    "chg", "argument_passing", "activation_patching", "ablation",
-}  # fmt: skip
-# second-half detectors registered next to the planned ones (detectors/positional.py, copy_suppression.py)
-EXTRA_DETECTORS = {"local", "copy_suppression_qk"}
+# causal methods linked in the packaged catalog data (detectors register their own links in code)
+CAUSAL_LINKS = {"dormant", "chg", "argument_passing", "activation_patching", "ablation"}
 
 SURVEY_STAGE = {
     "Induction Head": "Latent Reasoning",
@@ -116,15 +112,17 @@ def test_alias_resolution() -> None:
 def test_detector_links() -> None:
     types = load_head_types()
     linked = {d.detector for ht in types.values() for d in ht.detectors}
-    assert linked >= DETECTORS  # every planned detector tags at least one head type
-    assert linked - DETECTORS <= EXTRA_DETECTORS
+    assert linked == set(DETECTOR_REGISTRY.names()) | CAUSAL_LINKS  # every registered detector links its type
+    for name, det in DETECTOR_REGISTRY.items():
+        assert det.head_type in cat.head_types_for_detector(name)
+        for head_type, _note in det.also_finds:
+            assert head_type in cat.head_types_for_detector(name)
     for ht in types.values():
         for link in ht.detectors:
             assert ht.name in cat.head_types_for_detector(link.detector)
             assert link.kind in {"attention", "causal"} and link.task
     raw = json.loads(_data("head_types.json"))["head_types"]
-    for item in raw:
-        assert item["detector_status"] == ("linked" if item["detectors"] else "no detector yet")
+    assert all(link["detector"] in CAUSAL_LINKS for item in raw for link in item["detectors"])
     assert "Induction Head" in cat.head_types_for_detector("induction")
     assert cat.head_types_for_detector("successor") == ["Successor Head"]
     assert cat.head_types_for_detector("previous_token") == ["Previous Token Head"]

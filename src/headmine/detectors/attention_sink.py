@@ -18,13 +18,13 @@ from headmine.capture.records import CaptureRecord
 from headmine.core.ids import Site
 from headmine.detectors.base import (
     BatchScores,
+    CausalCheckSpec,
     Detector,
     empty_scores,
     n_layers_heads,
     query_positions,
     register,
     require_site,
-    survey_tag,
 )
 
 EPSILON = 0.3
@@ -48,8 +48,9 @@ def score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -
     return BatchScores(out)
 
 
-_type, _stage = survey_tag("Active-Dormant Head", "In-Context Identification")
 DETECTOR = register(Detector(
-    name="attention_sink", head_type=_type, stage=_stage, task="natural_text", sites=frozenset({Site.PATTERN}),
+    name="attention_sink", head_type="Active-Dormant Head", task="natural_text", sites=frozenset({Site.PATTERN}),
+    causal=CausalCheckSpec(task="natural_text"),
+    also_finds=(("Streaming Head", "sink part"), ("Delimiter Head", "attention to special / separator tokens"),),
     score=score, threshold=EPSILON, definition="mean attention on the first token (alpha_first)",
 ))

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from headmine import catalog
 from headmine.capture.records import CaptureRecord
 from headmine.core.errors import DetectorError
 from headmine.core.ids import Site
@@ -41,34 +42,78 @@ ScoreFn = Callable[[CaptureRecord, Mapping[str, Any], Any], BatchScores]
 
 
 @dataclass(frozen=True, kw_only=True)
+class CausalCheckSpec:
+    """How a detector's head type is confirmed: mean-ablate its top-k heads against k random heads.
+
+    Attributes:
+        task: a registered probe task with an evaluation (a metric where higher is worse) on which the
+            type's heads matter, e.g. ``"repeated_tokens"`` (loss on the second repeat).
+        expected_sign: +1 when ablating the type's heads should raise that metric (hurt), -1 when it
+            should lower it (a head that works against the answer, e.g. negative name movers).
+    """
+
+    task: str
+    expected_sign: int = 1
+
+    def __post_init__(self) -> None:
+        if self.expected_sign not in (1, -1):
+            raise DetectorError(f"expected_sign must be +1 or -1, got {self.expected_sign!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Detector:
-    """A registered head score.
+    """A registered head score: everything the scan, the causal check and the catalog need to know.
 
     Attributes:
         name: registry name (also the ``method`` column of the score table).
-        head_type: the survey's canonical head-type name this score looks for.
-        stage: the survey stage of that head type.
-        task: the probe task whose capture pass it reads.
+        head_type: the head type this score looks for; resolved to the survey's canonical name when the
+            catalog knows it (any alias or case), kept as given otherwise.
+        stage: the survey stage; taken from the catalog for a survey type, required otherwise.
+        task: the probe task whose capture pass it reads (its capture plan is the task's).
         sites: capture sites it reads (the scan captures the union per task).
         score: the pure scoring function.
-        threshold: score above which a head is labelled with ``head_type``.
+        threshold: score at or above which a head is labelled with ``head_type``.
+        causal: the check that confirms the type, or None to declare that the type has none (the scan
+            then says so in its notes).
+        also_finds: further catalog head types this score is evidence for, as (head type, note) pairs.
         needs_weights: whether ``score`` needs a ``CircuitWeights`` object.
-        higher_is_stronger: False for scores where the type shows as a low value.
         metric: the ``metric`` column of the table.
         definition: one line saying what the number is.
     """
 
     name: str
     head_type: str
-    stage: str
+    stage: str | None = None
     task: str
     sites: frozenset[Site]
     score: ScoreFn = field(repr=False)
     threshold: float
+    causal: CausalCheckSpec | None
+    also_finds: tuple[tuple[str, str], ...] = ()
     needs_weights: bool = False
     metric: str = "score"
     definition: str = ""
-    capture_layers: str = "all"  # "all", or "first" (only the first layer's output: successor/copy suppression)
+    capture_layers: str = "all"  # transitional: the probe task's capture plan takes this over
+
+    def __post_init__(self) -> None:
+        canonical = catalog.canonical_head_type(self.head_type)
+        if canonical is not None:
+            object.__setattr__(self, "head_type", canonical)
+            object.__setattr__(self, "stage", catalog.head_type_info(canonical).stage)
+        elif self.stage is None:
+            raise DetectorError(
+                f"detector {self.name!r}: head type {self.head_type!r} is not in the survey catalog, so it needs a stage",
+                f"pass stage= one of {', '.join(catalog.STAGES)}, or use a catalog name (`headmine catalog`)",
+            )
+        else:
+            object.__setattr__(self, "stage", catalog.normalize_stage(self.stage))
+
+    def catalog_links(self) -> list[tuple[str, catalog.DetectorLink]]:
+        """(head type, link) pairs this detector adds to the catalog: its own type and ``also_finds``."""
+        own = [(self.head_type, catalog.DetectorLink(detector=self.name, task=self.task, kind="attention",
+                                                     note=self.definition or None))]
+        return own + [(head_type, catalog.DetectorLink(detector=self.name, task=self.task, kind="attention", note=note))
+                      for head_type, note in self.also_finds]
 
     def __call__(self, record: CaptureRecord, meta: Mapping[str, Any] | None = None, weights: Any = None) -> pd.DataFrame:
         """Score one record and return the tidy table (mean over items, n, stderr)."""
@@ -81,8 +126,10 @@ DETECTORS: Registry[Detector] = Registry("detector", DetectorError)
 
 
 def register(detector: Detector) -> Detector:
-    """Register a detector under its name and return it."""
+    """Register a detector under its name, add its head-type links to the catalog, and return it."""
     DETECTORS.register(detector.name)(detector)
+    for head_type, link in detector.catalog_links():
+        catalog.register_link(head_type, link)
     return detector
 
 
@@ -245,14 +292,3 @@ def induction_template(input_ids: torch.Tensor) -> torch.Tensor:
     lower = torch.ones(t, t, dtype=torch.bool).tril(-1)
     out[:, :, 1:] = (dup & lower)[:, :, : t - 1]
     return out
-
-
-def survey_tag(head_type: str, fallback_stage: str) -> tuple[str, str]:
-    """(canonical name, stage) from the atlas catalog; the given names if the catalog lacks them."""
-    try:
-        from headmine.atlas.catalog import head_type_info
-
-        info = head_type_info(head_type)
-        return info.name, info.stage
-    except Exception:  # the catalog is optional for scoring
-        return head_type, fallback_stage

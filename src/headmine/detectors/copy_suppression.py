@@ -24,7 +24,7 @@ import torch
 from headmine.capture.records import CaptureRecord
 from headmine.core.errors import DetectorError
 from headmine.core.ids import Site
-from headmine.detectors.base import BatchScores, Detector, empty_scores, register, survey_tag
+from headmine.detectors.base import BatchScores, CausalCheckSpec, Detector, empty_scores, register
 from headmine.detectors.successor import effective_embedding
 from headmine.detectors.weights import CircuitWeights
 
@@ -71,14 +71,16 @@ def qk_score(record: CaptureRecord, meta: Mapping[str, Any], weights: CircuitWei
     return BatchScores(out)
 
 
-_type, _stage = survey_tag("Copy Suppression Head", "In-Context Identification")
 OV = register(Detector(
-    name="copy_suppression", head_type=_type, stage=_stage, task="text_tokens", sites=frozenset({Site.RESID}),
+    name="copy_suppression", head_type="Copy Suppression Head", task="text_tokens", sites=frozenset({Site.RESID}),
+    causal=CausalCheckSpec(task="natural_text"),
+    also_finds=(("Negative Name Mover Head", "copy suppression of the repeated name in IOI"),),
     score=ov_score, threshold=0.5, needs_weights=True, capture_layers="first",
     definition="share of tokens whose OV output puts their own logit in the bottom 5% (token sample)",
 ))
 QK = register(Detector(
-    name="copy_suppression_qk", head_type=_type, stage=_stage, task="text_tokens", sites=frozenset({Site.RESID}),
+    name="copy_suppression_qk", head_type="Copy Suppression Head", task="text_tokens", sites=frozenset({Site.RESID}),
+    causal=CausalCheckSpec(task="natural_text"),
     score=qk_score, threshold=0.5, needs_weights=True, capture_layers="first",
     definition="share of tokens t for which a query predicting t ranks key t in the top 5% (no RoPE)",
 ))

@@ -20,6 +20,7 @@ from headmine.core.errors import DetectorError
 from headmine.core.ids import Site
 from headmine.detectors.base import (
     BatchScores,
+    CausalCheckSpec,
     Detector,
     duplicate_template,
     empty_scores,
@@ -27,7 +28,6 @@ from headmine.detectors.base import (
     query_positions,
     register,
     require_site,
-    survey_tag,
 )
 from headmine.detectors.weights import CircuitWeights
 
@@ -75,9 +75,10 @@ def score(record: CaptureRecord, meta: Mapping[str, Any], weights: CircuitWeight
     return BatchScores(out)
 
 
-_type, _stage = survey_tag("Copy Head", "In-Context Identification")
 DETECTOR = register(Detector(
-    name=NAME, head_type=_type, stage=_stage, task="repeated_tokens", sites=frozenset({Site.PATTERN, Site.Z}),
+    name=NAME, head_type="Copy Head", task="repeated_tokens", sites=frozenset({Site.PATTERN, Site.Z}),
+    causal=CausalCheckSpec(task="repeated_tokens"),
+    also_finds=(("Name Mover Head", "OV copying of names"),),
     score=score, threshold=0.5, needs_weights=True,
     definition="share of the head's direct logit raise that goes to the token it attends to",
 ))

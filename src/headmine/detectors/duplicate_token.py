@@ -13,10 +13,10 @@ from headmine.capture.records import CaptureRecord
 from headmine.core.ids import Site
 from headmine.detectors.base import (
     BatchScores,
+    CausalCheckSpec,
     Detector,
     duplicate_template,
     register,
-    survey_tag,
     template_score,
 )
 
@@ -28,8 +28,8 @@ def score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -
     return template_score(record, duplicate_template(record.input_ids), meta, exclude_bos=True, detector=NAME)
 
 
-_type, _stage = survey_tag("Duplicate Token Head", "In-Context Identification")
 DETECTOR = register(Detector(
-    name=NAME, head_type=_type, stage=_stage, task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    name=NAME, head_type="Duplicate Token Head", task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    causal=CausalCheckSpec(task="repeated_tokens"),
     score=score, threshold=0.4, definition="attention mass on earlier copies of the same token",
 ))

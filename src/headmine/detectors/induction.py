@@ -22,6 +22,7 @@ from headmine.capture.records import CaptureRecord
 from headmine.core.ids import Site
 from headmine.detectors.base import (
     BatchScores,
+    CausalCheckSpec,
     Detector,
     empty_scores,
     induction_template,
@@ -29,7 +30,6 @@ from headmine.detectors.base import (
     query_positions,
     register,
     require_site,
-    survey_tag,
     template_score,
 )
 
@@ -61,14 +61,15 @@ def prefix_matching_score(record: CaptureRecord, meta: Mapping[str, Any], weight
     return BatchScores(out)
 
 
-_type, _stage = survey_tag("Induction Head", "Latent Reasoning")
 INDUCTION = register(Detector(
-    name="induction", head_type=_type, stage=_stage, task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    name="induction", head_type="Induction Head", task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    causal=CausalCheckSpec(task="repeated_tokens"),
     score=induction_score, threshold=0.4,
     definition="attention mass on the token after an earlier copy (key 0 excluded)",
 ))
 PREFIX_MATCHING = register(Detector(
-    name="prefix_matching", head_type=_type, stage=_stage, task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    name="prefix_matching", head_type="Induction Head", task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    causal=CausalCheckSpec(task="repeated_tokens"),
     score=prefix_matching_score, threshold=0.3,
     definition="raw attention summed over tokens that followed earlier copies (Olsson)",
 ))

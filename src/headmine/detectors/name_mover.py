@@ -23,13 +23,13 @@ from headmine.core.errors import DetectorError
 from headmine.core.ids import Site
 from headmine.detectors.base import (
     BatchScores,
+    CausalCheckSpec,
     Detector,
     empty_scores,
     n_layers_heads,
     query_positions,
     register,
     require_site,
-    survey_tag,
 )
 from headmine.detectors.successor import effective_embedding
 from headmine.detectors.weights import CircuitWeights
@@ -85,19 +85,21 @@ def negative_copy_score(record: CaptureRecord, meta: Mapping[str, Any], weights:
     return _copy(record, meta, weights, negative=True)
 
 
-_type, _stage = survey_tag("Name Mover Head", "In-Context Identification")
-_ntype, _nstage = survey_tag("Negative Name Mover Head", "In-Context Identification")
 ATTENTION = register(Detector(
-    name="name_mover", head_type=_type, stage=_stage, task="ioi", sites=frozenset({Site.PATTERN}),
+    name="name_mover", head_type="Name Mover Head", task="ioi", sites=frozenset({Site.PATTERN}),
+    causal=CausalCheckSpec(task="ioi"),
+    also_finds=(("Backup Name Mover Head", "name movers that only matter once the primary ones are ablated"), ("Negative Name Mover Head", "negative direct effect"),),
     score=attention_score, threshold=0.3, definition="attention from END to the indirect object",
 ))
 COPY = register(Detector(
-    name="name_copy", head_type=_type, stage=_stage, task="ioi_names", sites=frozenset({Site.RESID}),
+    name="name_copy", head_type="Name Mover Head", task="ioi_names", sites=frozenset({Site.RESID}),
+    causal=CausalCheckSpec(task="ioi"),
     score=copy_score, threshold=0.5, needs_weights=True, capture_layers="first",
     definition="share of names the head's OV circuit ranks first among the names",
 ))
 NEGATIVE_COPY = register(Detector(
-    name="negative_name_copy", head_type=_ntype, stage=_nstage, task="ioi_names", sites=frozenset({Site.RESID}),
+    name="negative_name_copy", head_type="Negative Name Mover Head", task="ioi_names", sites=frozenset({Site.RESID}),
+    causal=CausalCheckSpec(task="ioi", expected_sign=-1),
     score=negative_copy_score, threshold=0.5, needs_weights=True, capture_layers="first",
     definition="share of names the head's OV circuit ranks last among the names",
 ))

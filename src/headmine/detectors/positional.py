@@ -23,13 +23,13 @@ from headmine.capture.records import CaptureRecord
 from headmine.core.ids import Site
 from headmine.detectors.base import (
     BatchScores,
+    CausalCheckSpec,
     Detector,
     empty_scores,
     n_layers_heads,
     query_positions,
     register,
     require_site,
-    survey_tag,
 )
 
 MAX_OFFSET = 8
@@ -79,13 +79,14 @@ def local_score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = N
     return BatchScores(out)
 
 
-_ptype, _pstage = survey_tag("Positional Head", "In-Context Identification")
 POSITIONAL = register(Detector(
-    name="positional", head_type=_ptype, stage=_pstage, task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    name="positional", head_type="Positional Head", task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    causal=CausalCheckSpec(task="repeated_tokens"),
+    also_finds=(("Streaming Head", "recent-window part"), ("Local Head", "small fixed offsets / window"), ("Diagonal Head", "offset 0 (self-attention to the current token)"),),
     score=positional_score, threshold=0.6, definition=f"largest attention mass at one fixed offset 0..{MAX_OFFSET - 1}",
 ))
-_ltype, _lstage = survey_tag("Local Head", "In-Context Identification")
 LOCAL = register(Detector(
-    name="local", head_type=_ltype, stage=_lstage, task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    name="local", head_type="Local Head", task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    causal=CausalCheckSpec(task="repeated_tokens"),
     score=local_score, threshold=0.8, definition=f"attention mass within the last {WINDOW} positions",
 ))

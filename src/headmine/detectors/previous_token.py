@@ -16,10 +16,10 @@ from headmine.capture.records import CaptureRecord
 from headmine.core.ids import Site
 from headmine.detectors.base import (
     BatchScores,
+    CausalCheckSpec,
     Detector,
     previous_template,
     register,
-    survey_tag,
     template_score,
 )
 
@@ -31,8 +31,8 @@ def score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -
     return template_score(record, previous_template(record.input_ids), meta, exclude_bos=True, detector=NAME)
 
 
-_type, _stage = survey_tag("Previous Token Head", "In-Context Identification")
 DETECTOR = register(Detector(
-    name=NAME, head_type=_type, stage=_stage, task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    name=NAME, head_type="Previous Token Head", task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+    causal=CausalCheckSpec(task="repeated_tokens"),
     score=score, threshold=0.4, definition="attention mass on position i-1 (key 0 excluded)",
 ))

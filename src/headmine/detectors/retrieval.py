@@ -22,12 +22,12 @@ from headmine.capture.records import CaptureRecord
 from headmine.core.ids import Site
 from headmine.detectors.base import (
     BatchScores,
+    CausalCheckSpec,
     Detector,
     empty_scores,
     n_layers_heads,
     register,
     require_site,
-    survey_tag,
 )
 
 NAME = "retrieval"
@@ -52,8 +52,9 @@ def score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -
     return BatchScores(out)
 
 
-_type, _stage = survey_tag("Retrieval Head", "In-Context Identification")
 DETECTOR = register(Detector(
-    name=NAME, head_type=_type, stage=_stage, task="needle", sites=frozenset({Site.PATTERN}),
+    name=NAME, head_type="Retrieval Head", task="needle", sites=frozenset({Site.PATTERN}),
+    causal=CausalCheckSpec(task="needle"),
+    also_finds=(("Global Retrieval Head", "heads that keep retrieving across the whole context"),),
     score=score, threshold=0.1, definition="share of needle tokens copy-pasted by the head while decoding",
 ))

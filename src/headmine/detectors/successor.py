@@ -21,7 +21,14 @@ import torch
 from headmine.capture.records import CaptureRecord
 from headmine.core.errors import DetectorError
 from headmine.core.ids import Site
-from headmine.detectors.base import BatchScores, Detector, empty_scores, register, require_site, survey_tag
+from headmine.detectors.base import (
+    BatchScores,
+    CausalCheckSpec,
+    Detector,
+    empty_scores,
+    register,
+    require_site,
+)
 from headmine.detectors.weights import CircuitWeights
 
 NAME = "successor"
@@ -66,9 +73,9 @@ def score(record: CaptureRecord, meta: Mapping[str, Any], weights: CircuitWeight
     return BatchScores(out)
 
 
-_type, _stage = survey_tag("Successor Head", "Latent Reasoning")
 DETECTOR = register(Detector(
-    name=NAME, head_type=_type, stage=_stage, task="ordinal_tokens", sites=frozenset({Site.RESID}),
+    name=NAME, head_type="Successor Head", task="ordinal_tokens", sites=frozenset({Site.RESID}),
+    causal=CausalCheckSpec(task="ordinal"),
     score=score, threshold=0.5, needs_weights=True, capture_layers="first",
     definition="share of ordinal tokens whose effective OV output ranks their successor first within the sequence",
 ))
