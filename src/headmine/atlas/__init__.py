@@ -6,6 +6,10 @@ with Atlas.open("atlas.db") as db:
     db.heads(head_type="Induction Head")
 """
 
+from headmine.atlas.export import export_run, read_inputs_export
+from headmine.atlas.job import AtlasRun, JobResult, score_rows, write_job
+from headmine.atlas.schema import SCHEMA_VERSION, InputRow, LabelRow, RunRecord, ScoreRow
+from headmine.atlas.store import Atlas, utc_now
 from headmine.catalog import (
     STAGES,
     DetectorLink,
@@ -17,17 +21,16 @@ from headmine.catalog import (
     load_head_types,
     load_papers,
 )
-from headmine.atlas.export import export_run, read_inputs_export
-from headmine.atlas.schema import SCHEMA_VERSION, InputRow, LabelRow, RunRecord, ScoreRow
-from headmine.atlas.store import Atlas, utc_now
 
 __all__ = [
     "SCHEMA_VERSION",
     "STAGES",
     "Atlas",
+    "AtlasRun",
     "DetectorLink",
     "HeadType",
     "InputRow",
+    "JobResult",
     "LabelRow",
     "Paper",
     "RunRecord",
@@ -39,5 +42,7 @@ __all__ = [
     "load_head_types",
     "load_papers",
     "read_inputs_export",
+    "score_rows",
     "utc_now",
+    "write_job",
 ]

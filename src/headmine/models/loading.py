@@ -79,6 +79,18 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def model_info(self) -> dict[str, Any]:
+        """The ``model_info`` every atlas run stores: the provenance plus the head geometry.
+
+        Built here once so that all jobs describe the model the same way (the report reads the
+        geometry from it to size its heatmaps).
+        """
+        info = self.provenance.to_dict()
+        g = self.geometry
+        info.setdefault("geometry", {"n_layers": g.n_layers, "n_heads": g.n_heads, "n_kv_heads": g.n_kv_heads,
+                                     "d_head": g.d_head, "d_model": g.d_model})
+        return info
+
     def check_length(self, n_tokens: int) -> None:
         """Raise a clear error when a sequence exceeds the model's context."""
         if n_tokens > self.geometry.n_ctx:
