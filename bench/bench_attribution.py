@@ -13,8 +13,9 @@ import time
 import torch
 
 from headmine.causal.attribution_patching import attribution_patching
+from headmine.causal.methods import get_method
 from headmine.models.loading import load_model
-from headmine.pipeline.causal import CausalConfig, prepare_inputs
+from headmine.pipeline.causal import prepare_inputs
 
 
 def best_of(fn, k: int = 3) -> float:
@@ -34,7 +35,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model("smollm2")
-    inp = prepare_inputs(lm, CausalConfig(method="attribution", task="ioi", n=args.n))
+    method = get_method("attribution")
+    inp = prepare_inputs(lm, method, method.config(task="ioi", n=args.n))
     a = (lm, inp.clean_ids, inp.clean_mask, inp.corrupted_ids, inp.corrupted_mask, inp.metric)
     with torch.no_grad():
         fwd = best_of(lambda: lm.forward(inp.clean_ids, inp.clean_mask))

@@ -17,8 +17,9 @@ import time
 import torch
 
 from headmine.causal.ablation import ablation_sweep
+from headmine.causal.methods import get_method
 from headmine.models.loading import load_model
-from headmine.pipeline.causal import CausalConfig, prepare_inputs
+from headmine.pipeline.causal import prepare_inputs
 
 
 def naive(lm, ids, mask, metric, heads):
@@ -88,7 +89,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lm = load_model("smollm2")
     g = lm.geometry
-    inp = prepare_inputs(lm, CausalConfig(method="ablation", task="ioi", n=args.n))
+    method = get_method("ablation")
+    inp = prepare_inputs(lm, method, method.config(task="ioi", n=args.n))
     ids, mask, metric = inp.clean_ids, inp.clean_mask, inp.metric
     all_heads = g.heads()
     step = max(1, len(all_heads) // args.sample)

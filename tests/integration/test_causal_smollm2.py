@@ -11,8 +11,9 @@ from headmine.causal.ablation import ablation_sweep
 from headmine.causal.activation_patching import activation_patching
 from headmine.causal.attribution_patching import attribution_patching
 from headmine.causal.direct_logit_attribution import direct_logit_attribution
+from headmine.causal.methods import get_method
 from headmine.core.ids import HeadId
-from headmine.pipeline.causal import CausalConfig, prepare_inputs
+from headmine.pipeline.causal import prepare_inputs
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
@@ -21,7 +22,8 @@ SAMPLED = [HeadId(2, 4), HeadId(17, 4), HeadId(29, 1)]
 
 @pytest.fixture(scope="module")
 def ioi(smollm2):
-    return prepare_inputs(smollm2, CausalConfig(method="patching", task="ioi", n=8))
+    patching = get_method("patching")
+    return prepare_inputs(smollm2, patching, patching.config(task="ioi", n=8))
 
 
 def test_ioi_preference_and_dla_sum(smollm2, ioi):

@@ -8,15 +8,20 @@ import json
 import pytest
 import torch
 
+from headmine.causal.methods import MethodConfig, get_method
 from headmine.causal.metrics import AnswerMetric
 from headmine.causal.path_patching import path_patching
 from headmine.core.errors import HeadmineError
 from headmine.core.ids import HeadId
-from headmine.pipeline.causal import CausalConfig, run_causal, write_causal
+from headmine.pipeline.causal import run_causal, write_causal
 from headmine.tasks import load_task
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
+
+
+def config(method: str, **options) -> MethodConfig:
+    return get_method(method).config(**options)
 
 
 def _fresh_first_copy(ids: torch.Tensor, seq_len: int, vocab: int, seed: int = 1) -> torch.Tensor:
@@ -73,7 +78,7 @@ def test_bad_input_names_the_line_and_writes_nothing(toy, tmp_path, case, method
     path = _jsonl(tmp_path / "task.jsonl", rows)
     atlas = tmp_path / "atlas.db"
     with pytest.raises(HeadmineError) as err:
-        run = run_causal(toy, CausalConfig(method=method, task=path, n=10))
+        run = run_causal(toy, config(method, task=path, n=10))
         write_causal(run, str(atlas))
     assert needle in str(err.value.problem)
     if atlas.exists():
@@ -90,9 +95,9 @@ def test_runs_land_in_the_atlas_with_inputs(toy, tmp_path):
                                                    "corrupted_prompt": "t5 t6 t8 t1 t2"}])
     atlas = str(tmp_path / "atlas.db")
     ids = []
-    for cfg in (CausalConfig(method="ablation", task=path, mode="mean"), CausalConfig(method="patching", task=path),
-                CausalConfig(method="attribution", task=path, ig_steps=2), CausalConfig(method="dla", task=path),
-                CausalConfig(method="logit_lens", task=path), CausalConfig(method="path_patching", task=path)):
+    for cfg in (config("ablation", task=path, mode="mean"), config("patching", task=path),
+                config("attribution", task=path, ig_steps=2), config("dla", task=path),
+                config("logit_lens", task=path), config("path_patching", task=path)):
         run = run_causal(toy, cfg)
         assert {"component", "layer", "head", "method", "metric", "value", "n", "stderr"} <= set(run.frame.columns)
         ids.append(write_causal(run, atlas))

@@ -1,5 +1,14 @@
-"""Causal methods on one engine: interventions at head sites."""
+"""Causal methods on one engine: interventions at head sites.
 
+Importing the package registers the built-in methods in ``headmine.causal.methods.METHODS``.
+"""
+
+from headmine.causal import ablation as ablation
+from headmine.causal import activation_patching as activation_patching
+from headmine.causal import attribution_patching as attribution_patching
+from headmine.causal import direct_logit_attribution as direct_logit_attribution
+from headmine.causal import logit_lens as logit_lens
+from headmine.causal import path_patching as path_patching
 from headmine.causal.engine import intervening as intervening
 from headmine.causal.engine import run_with_interventions as run_with_interventions
 from headmine.causal.interventions import Gate as Gate

@@ -8,6 +8,7 @@ is the naive loop of one full forward per head (kept as the reference and for be
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -15,12 +16,14 @@ from headmine.capture import CaptureSpec, run_capture
 from headmine.causal.engine import run_with_interventions
 from headmine.causal.fast_sweep import PrefixCache, head_variants, sweep_variants
 from headmine.causal.interventions import Intervention, Mean, PatchFrom, Zero
+from headmine.causal.methods import CausalInputs, CausalMethod, MethodConfig, register_method
 from headmine.causal.metrics import AnswerMetric, HeadEffects
 from headmine.core.errors import InputError
 from headmine.core.ids import HeadId, Site
 from headmine.models.loading import LoadedModel
 
 MODES = ("zero", "mean", "resample")
+REFERENCES = ("self", "corrupted")
 
 
 def reference_z(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> object:
@@ -107,3 +110,42 @@ def ablation_sweep(
             logits = run_with_interventions(loaded, input_ids, attention_mask, [_naive_intervention(mode, head, values[v.layer])])
             out[v.layer, v.head] = metric(logits).cpu()
     return HeadEffects(method=f"ablation_{mode}", metric=metric.kind, values=out, baseline=baseline)
+
+
+# --------------------------------------------------------------------------- registration
+@dataclass(frozen=True, kw_only=True)
+class AblationConfig(MethodConfig):
+    """``mode``: zero | mean | resample; ``reference``: what mean/resample read, ``self`` (the
+    prompts) or ``corrupted`` (the task's corrupted prompts)."""
+
+    mode: str = "zero"
+    reference: str = "self"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in MODES:
+            raise InputError(f"unknown ablation mode {self.mode!r}", f"use one of {MODES}")
+        if self.reference not in REFERENCES:
+            raise InputError(f"unknown ablation reference {self.reference!r}", f"use one of {REFERENCES}")
+
+
+class Ablation(CausalMethod[AblationConfig]):
+    """Every head ablated in turn (exact fast sweep)."""
+
+    name = "ablation"
+    run_kind = "ablation"
+    config_cls = AblationConfig
+
+    def needs_corrupted(self, config: AblationConfig) -> bool:
+        return config.reference == "corrupted"
+
+    def paired_lengths(self, config: AblationConfig) -> bool:
+        return config.mode == "resample"  # a mean over the corrupted set needs no pairing
+
+    def run(self, lm: LoadedModel, config: AblationConfig, inputs: CausalInputs) -> HeadEffects:
+        ref_ids, ref_mask = inputs.corrupted(self.name) if self.needs_corrupted(config) else (None, None)
+        return ablation_sweep(lm, inputs.clean_ids, inputs.clean_mask, inputs.metric, mode=config.mode,
+                              reference_ids=ref_ids, reference_mask=ref_mask, seed=config.seed, max_rows=config.max_rows)
+
+
+register_method(Ablation())

@@ -8,6 +8,7 @@ recovery shows which heads suffice. Clean and corrupted prompts must have equal 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -15,6 +16,7 @@ from headmine.causal.ablation import reference_z
 from headmine.causal.engine import run_with_interventions
 from headmine.causal.fast_sweep import PrefixCache, head_variants, sweep_variants
 from headmine.causal.interventions import PatchFrom
+from headmine.causal.methods import CausalInputs, CausalMethod, MethodConfig, register_method
 from headmine.causal.metrics import AnswerMetric, HeadEffects
 from headmine.core.errors import InputError
 from headmine.core.ids import HeadId
@@ -91,3 +93,36 @@ def activation_patching(
         else:
             out[v.layer, v.head, v.position] = row
     return HeadEffects(method=f"patching_{direction}", metric=metric.kind, values=out, baseline=baseline, reference=reference)
+
+
+# --------------------------------------------------------------------------- registration
+@dataclass(frozen=True, kw_only=True)
+class PatchingConfig(MethodConfig):
+    """``direction``: noising (clean run, corrupted z) | denoising; ``per_position``: one position at a time."""
+
+    direction: str = "noising"
+    per_position: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.direction not in DIRECTIONS:
+            raise InputError(f"unknown patching direction {self.direction!r}", f"use one of {DIRECTIONS}")
+
+
+class ActivationPatching(CausalMethod[PatchingConfig]):
+    """Each head's z patched between clean and corrupted prompts of equal token length."""
+
+    name = "patching"
+    run_kind = "patching"
+    config_cls = PatchingConfig
+
+    def needs_corrupted(self, config: PatchingConfig) -> bool:
+        return True
+
+    def run(self, lm: LoadedModel, config: PatchingConfig, inputs: CausalInputs) -> HeadEffects:
+        corrupted_ids, corrupted_mask = inputs.corrupted(self.name)
+        return activation_patching(lm, inputs.clean_ids, inputs.clean_mask, corrupted_ids, corrupted_mask, inputs.metric,
+                                   direction=config.direction, per_position=config.per_position, max_rows=config.max_rows)
+
+
+register_method(ActivationPatching())

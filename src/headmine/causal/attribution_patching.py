@@ -23,6 +23,7 @@ from headmine.causal.ablation import reference_z
 from headmine.causal.activation_patching import check_pairs
 from headmine.causal.engine import intervening
 from headmine.causal.interventions import Intervention
+from headmine.causal.methods import CausalInputs, CausalMethod, MethodConfig, register_method
 from headmine.causal.metrics import AnswerMetric, HeadEffects
 from headmine.core.errors import InputError
 from headmine.core.ids import Site
@@ -123,3 +124,37 @@ def attribution_patching(
         out[layer] = (contrib.permute(2, 1, 0) if per_position else contrib.sum(1).T).cpu()
     method = "attribution" if ig_steps == 0 else f"attribution_ig{ig_steps}"
     return HeadEffects(method=method, metric=metric.kind, values=out, baseline=baseline, is_delta=True)
+
+
+# --------------------------------------------------------------------------- registration
+@dataclass(frozen=True, kw_only=True)
+class AttributionConfig(MethodConfig):
+    """``ig_steps``: 0 for attribution patching, N for integrated gradients with N steps;
+    ``per_position``: one estimate per position."""
+
+    ig_steps: int = 0
+    per_position: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ig_steps < 0:
+            raise InputError(f"ig_steps must be >= 0, got {self.ig_steps}", "0 = plain attribution patching, ~5 for EAP-IG")
+
+
+class AttributionPatching(CausalMethod[AttributionConfig]):
+    """First-order estimate of every head's noising patching effect in one forward/backward."""
+
+    name = "attribution"
+    run_kind = "attribution"
+    config_cls = AttributionConfig
+
+    def needs_corrupted(self, config: AttributionConfig) -> bool:
+        return True
+
+    def run(self, lm: LoadedModel, config: AttributionConfig, inputs: CausalInputs) -> HeadEffects:
+        corrupted_ids, corrupted_mask = inputs.corrupted(self.name)
+        return attribution_patching(lm, inputs.clean_ids, inputs.clean_mask, corrupted_ids, corrupted_mask,
+                                    inputs.metric, ig_steps=config.ig_steps, per_position=config.per_position)
+
+
+register_method(AttributionPatching())

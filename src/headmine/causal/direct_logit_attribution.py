@@ -5,7 +5,8 @@ result ``z_h @ W_O[h]``, each attention output bias and each MLP output. With th
 scale frozen from the *full* residual (and the mean removed for LayerNorm), the norm is linear, so
 ``DLA(c) = norm_lin(c) . u`` with ``u`` the metric's unembedding direction (W_U[:, target] -
 W_U[:, wrong] for a logit difference). The components then sum to the model's metric exactly, up
-to the norm's own bias and the unembedding bias (reported as ``rest``).
+to the norm's own bias, the unembedding bias and final-logit soft-capping (reported as ``rest``).
+The norm is the adapter's :class:`~headmine.models.norms.NormSpec`; this module knows no family.
 """
 
 from __future__ import annotations
@@ -13,63 +14,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
 from headmine.capture import CaptureSpec, run_capture
-from headmine.causal.fast_sweep import unembedding_matrix, unembedding_module
+from headmine.causal.methods import CausalInputs, CausalMethod, MethodConfig, register_method
 from headmine.causal.metrics import AnswerMetric
 from headmine.core.errors import UnsupportedModelError
 from headmine.core.ids import Site
 from headmine.models.loading import LoadedModel
+from headmine.models.norms import LinearisedNorm
 
 
-@dataclass(frozen=True)
-class FrozenNorm:
-    """The final norm with its scale frozen: ``lin(c) = (c - mean(c) if centered else c) / scale * gamma``."""
+def freeze_final_norm(loaded: LoadedModel, resid_final: torch.Tensor) -> LinearisedNorm | None:
+    """The adapter's final norm linearised at ``resid_final`` [N, D] (None: the model has no final norm).
 
-    scale: torch.Tensor  # [N, 1]
-    gamma: torch.Tensor  # [D]
-    beta: torch.Tensor | None  # [D]
-    centered: bool
-
-    def __call__(self, c: torch.Tensor) -> torch.Tensor:
-        """``c`` [N, ..., D] (N rows matching ``scale``) -> linearised normed contribution."""
-        if self.centered:
-            c = c - c.mean(-1, keepdim=True)
-        s = self.scale.view(self.scale.shape[0], *([1] * (c.dim() - 1)))
-        return c / s * self.gamma
-
-
-def freeze_final_norm(loaded: LoadedModel, resid_final: torch.Tensor) -> FrozenNorm:
-    """Linearise the final norm at ``resid_final`` [N, D]; checked against the module's own output."""
-    norm = loaded.adapter.final_norm()
-    d = resid_final.shape[-1]
-    x = resid_final.float()
-    if norm is None:
-        return FrozenNorm(torch.ones(x.shape[0], 1), torch.ones(d), None, False)
-    eps = float(getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None) or 1e-5)
-    weight = norm.weight.float() if getattr(norm, "weight", None) is not None else torch.ones(d)
-    bias = getattr(norm, "bias", None)
+    Checked against the module's own output, so a wrongly declared adapter fails loudly here.
+    """
+    a = loaded.adapter
+    spec, norm = a.final_norm_spec(), a.final_norm()
+    if spec is None or norm is None:
+        return None
     with torch.no_grad():
         actual = norm(resid_final[:, None])[:, 0].float()
-    layer_norm = isinstance(norm, nn.LayerNorm) or ("LayerNorm" in type(norm).__name__ and "RMS" not in type(norm).__name__)
-    if layer_norm:
-        centered = x - x.mean(-1, keepdim=True)
-        scale = (centered.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        candidates = [(weight, None if bias is None else bias.float(), True)]
-    else:
-        scale = (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        candidates = [(weight, None, False), (1.0 + weight, None, False)]  # Gemma stores gamma - 1
-    for gamma, beta, centered_flag in candidates:
-        fn = FrozenNorm(scale, gamma, beta, centered_flag)
-        approx = fn(x) + (0 if beta is None else beta)
-        if torch.allclose(approx, actual, atol=1e-3 * (1 + actual.abs().max().item()), rtol=1e-3):
-            return fn
-    raise UnsupportedModelError(
-        f"cannot linearise the final norm {type(norm).__name__} of {loaded.name}",
-        "direct logit attribution supports LayerNorm and RMSNorm final norms",
-    )
+    tol = (1e-3 + 4 * torch.finfo(resid_final.dtype).eps) * (1 + actual.abs().max().item())
+    if not torch.allclose(spec(resid_final), actual, atol=tol, rtol=1e-3):
+        raise UnsupportedModelError(
+            f"the adapter's final norm ({spec.kind}) does not reproduce {type(norm).__name__} of {loaded.name}",
+            "fix the family's adapter (norm_kind, norm_eps_attr, norm_gain_offset); tests/adapters checks it",
+        )
+    return spec.linearised(resid_final)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +65,13 @@ class DLAResult:
 
     def component_sum(self) -> torch.Tensor:
         return self.heads.sum((0, 1)) + self.mlp.sum(0) + self.attn_bias.sum(0) + self.embed + self.rest
+
+    def head_matrix(self) -> np.ndarray:
+        """[L, H] mean direct contribution per head."""
+        return self.heads.mean(-1).numpy()
+
+    def artifacts(self) -> dict[str, np.ndarray]:
+        return {}
 
     def top(self, k: int = 10) -> list[tuple[int, int, float]]:
         e = self.heads.mean(-1)
@@ -144,10 +125,10 @@ def direct_logit_attribution(
     b = metric.n
     resid_final = rec.resid[g.n_layers][:, 0]
     frozen = freeze_final_norm(loaded, resid_final)
-    u = metric.direction(unembedding_matrix(loaded).float())  # [B, D]
+    u = metric.direction(a.W_U().float())  # [B, D]
 
     def dla(c: torch.Tensor) -> torch.Tensor:  # c [B, ..., D] -> [B, ...]
-        lin = frozen(c.float())
+        lin = c.float() if frozen is None else frozen(c)
         return (lin * u.view(b, *([1] * (c.dim() - 2)), -1)).sum(-1)
 
     heads = torch.empty(g.n_layers, g.n_heads, b)
@@ -171,12 +152,40 @@ def direct_logit_attribution(
         parts = parts + m_out
     total = metric(rec.logits).cpu()
     rest = dla(resid_final.float() - parts)  # structural leftover: ~0 unless the blocks have post-norms
-    if frozen.beta is not None:
-        rest = rest + (frozen.beta.float() * u).sum(-1)
-    u_bias = getattr(unembedding_module(loaded), "bias", None)
+    if frozen is not None and frozen.bias is not None:
+        rest = rest + (frozen.bias * u).sum(-1)
+    u_bias = a.unembed_bias()
     if u_bias is not None:
         ub = u_bias.float()
         tgt = ub[metric.target_id]
         rest = rest + (tgt - ub[metric.wrong_id] if metric.kind == "logit_diff" else tgt)  # type: ignore[index]
+    if a.final_logit_softcap() is not None:  # the cap bends the logits after the linear unembedding
+        with torch.no_grad():
+            norm = a.final_norm()
+            uncapped = a.unembedding()(resid_final if norm is None else norm(resid_final))  # type: ignore[misc]
+        rest = rest + total.to(rest.device) - metric.from_end_logits(uncapped).to(rest.device)
     rest = rest.cpu()
     return DLAResult(metric=metric.kind, heads=heads, mlp=mlp, attn_bias=bias, embed=embed, rest=rest, total=total)
+
+
+# --------------------------------------------------------------------------- registration
+@dataclass(frozen=True, kw_only=True)
+class DLAConfig(MethodConfig):
+    """Direct logit attribution has no options of its own."""
+
+
+class DirectLogitAttribution(CausalMethod[DLAConfig]):
+    """Direct contributions of every head, MLP, attention bias and the embedding (one forward)."""
+
+    name = "dla"
+    run_kind = "dla"
+    config_cls = DLAConfig
+
+    def metric_kind(self, requested: str) -> str:
+        return requested if requested in ("logit_diff", "logit") else "logit"  # linear in the logits
+
+    def run(self, lm: LoadedModel, config: DLAConfig, inputs: CausalInputs) -> DLAResult:
+        return direct_logit_attribution(lm, inputs.clean_ids, inputs.clean_mask, inputs.metric)
+
+
+register_method(DirectLogitAttribution())

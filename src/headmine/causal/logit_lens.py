@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from headmine.capture import CaptureSpec, run_capture
 from headmine.causal.fast_sweep import unembedding_module
+from headmine.causal.methods import CausalInputs, CausalMethod, MethodConfig, register_method
 from headmine.causal.metrics import AnswerMetric
 from headmine.core.ids import Site
 from headmine.models.loading import LoadedModel
@@ -31,6 +33,13 @@ class LensResult:
     metric: torch.Tensor
     metric_kind: str
     top1: torch.Tensor
+
+    def head_matrix(self) -> None:
+        """The lens reads layers, not heads."""
+        return None
+
+    def artifacts(self) -> dict[str, np.ndarray]:
+        return {}
 
     def frame(self) -> Any:
         """Tidy rows: component ``embed`` (depth 0) and ``layer`` l (after layer l); metrics prob,
@@ -81,3 +90,23 @@ def logit_lens(
     lp = logp.gather(-1, idx)[..., 0]
     return LensResult(prob=lp.exp().cpu(), logprob=lp.cpu(), rank=rank.cpu(), logit=t_logit.cpu(),
                       metric=values.cpu(), metric_kind=metric.kind, top1=logits.argmax(-1).cpu())
+
+
+# --------------------------------------------------------------------------- registration
+@dataclass(frozen=True, kw_only=True)
+class LensConfig(MethodConfig):
+    """The logit lens has no options of its own."""
+
+
+class LogitLens(CausalMethod[LensConfig]):
+    """The answer's probability and rank after every layer (one forward)."""
+
+    name = "logit_lens"
+    run_kind = "logit_lens"
+    config_cls = LensConfig
+
+    def run(self, lm: LoadedModel, config: LensConfig, inputs: CausalInputs) -> LensResult:
+        return logit_lens(lm, inputs.clean_ids, inputs.clean_mask, inputs.metric)
+
+
+register_method(LogitLens())

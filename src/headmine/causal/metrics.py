@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from headmine.core.errors import TaskError
@@ -162,6 +163,19 @@ class HeadEffects:
         order = torch.argsort(key.flatten(), descending=True)[:k]
         n_heads = e.shape[1]
         return [(int(i) // n_heads, int(i) % n_heads, float(e.flatten()[i])) for i in order]
+
+    def head_matrix(self) -> np.ndarray:
+        """[L, H] mean change per head (per-position results: the largest |change| over positions)."""
+        e = self.effects
+        return (e.abs().amax(-1) if e.dim() == 3 else e).numpy()
+
+    def artifacts(self) -> dict[str, np.ndarray]:
+        """Per-prompt ``baseline``, ``reference`` (if any) and ``per_prompt`` values, stored with the run."""
+        out = {"baseline": self.baseline.numpy()}
+        if self.reference is not None:
+            out["reference"] = self.reference.numpy()
+        out["per_prompt"] = self.values.numpy()
+        return out
 
     def frame(self) -> Any:
         """Tidy table: one row per head (and position), metric ``delta_<kind>``; plus ``frac_<kind>``

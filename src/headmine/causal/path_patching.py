@@ -19,6 +19,7 @@ per KV head: under GQA patching a receiver's k/v also changes the query heads sh
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +29,7 @@ from headmine.causal.ablation import reference_z
 from headmine.causal.activation_patching import check_pairs
 from headmine.causal.engine import run_with_interventions
 from headmine.causal.fast_sweep import PrefixCache, RowwiseReplace, Variant, head_variants
+from headmine.causal.methods import CausalInputs, CausalMethod, MethodConfig, register_method
 from headmine.causal.metrics import AnswerMetric, HeadEffects
 from headmine.core.errors import InputError, UnsupportedModelError
 from headmine.core.ids import HeadId, Site
@@ -196,3 +198,42 @@ def _via_receivers(
             specs.append(HookSpec(module, "forward", _qkv_replace_hook(split, mask, captured[m])))
     start = recv_layers[0]
     return cache.run_from(start, k, positions=metric.end_pos, extra_hooks=specs)
+
+
+# --------------------------------------------------------------------------- registration
+@dataclass(frozen=True, kw_only=True)
+class PathPatchingConfig(MethodConfig):
+    """``receivers``: ``logits`` or receiver heads like ``L1H2,L1H3``; ``receiver_input``: which of
+    their q, k, v are patched. Sweeps run at most 256 rows per forward (``max_rows`` caps it lower)."""
+
+    receivers: str = "logits"
+    receiver_input: str = "qkv"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.receiver_heads()  # fail on a bad head list before the model loads
+        _parse_inputs(self.receiver_input)
+
+    def receiver_heads(self) -> str | list[HeadId]:
+        """``"logits"`` or the parsed receiver heads."""
+        return "logits" if self.receivers == "logits" else HeadId.parse_list(self.receivers)
+
+
+class PathPatching(CausalMethod[PathPatchingConfig]):
+    """Sender -> receivers (or logits) along direct paths, for every sender head."""
+
+    name = "path_patching"
+    run_kind = "patching"
+    config_cls = PathPatchingConfig
+
+    def needs_corrupted(self, config: PathPatchingConfig) -> bool:
+        return True
+
+    def run(self, lm: LoadedModel, config: PathPatchingConfig, inputs: CausalInputs) -> HeadEffects:
+        corrupted_ids, corrupted_mask = inputs.corrupted(self.name)
+        return path_patching(lm, inputs.clean_ids, inputs.clean_mask, corrupted_ids, corrupted_mask, inputs.metric,
+                             receivers=config.receiver_heads(), receiver_input=config.receiver_input,
+                             max_rows=min(config.max_rows, 256))
+
+
+register_method(PathPatching())

@@ -1,9 +1,15 @@
-"""`headmine ablate | patch | attribute | lens MODEL --task T`: causal methods from the command line."""
+"""`headmine ablate | patch | attribute | lens MODEL --task T`: causal methods from the command line.
+
+Each command picks a registered causal method and passes all its options; the method's own config
+dataclass keeps the ones it declares (see ``_config``), so no command branches per option.
+"""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -13,8 +19,6 @@ TASK_HELP = "ioi, factual, successor, arithmetic, agreement, induction, or a pat
 
 
 def _heat_table(matrix: Any, title: str) -> Table:
-    import numpy as np
-
     arr = np.asarray(matrix, dtype=float)
     lim = float(np.nanmax(np.abs(arr))) or 1.0
     table = Table(title=title, show_lines=False, pad_edge=False)
@@ -35,31 +39,31 @@ def _heat_table(matrix: Any, title: str) -> Table:
     return table
 
 
+def top_heads(matrix: np.ndarray, k: int) -> list[tuple[int, int, float]]:
+    """The ``k`` heads with the largest |value| in a [L, H] matrix (NaN heads, e.g. not swept, skipped)."""
+    arr = np.asarray(matrix, dtype=float)
+    flat = np.where(np.isfinite(arr), np.abs(arr), -np.inf).ravel()
+    order = [int(i) for i in np.argsort(-flat, kind="stable")[:k] if np.isfinite(flat[i])]
+    return [(i // arr.shape[1], i % arr.shape[1], float(arr.ravel()[i])) for i in order]
+
+
 def _finish(run: Any, atlas: str | None, html: str | None, top: int, title: str) -> None:
-    res = run.result
-    base = getattr(res, "baseline", None)
+    arts = run.result.artifacts()
+    base = arts.get("baseline")
+    kind = run.inputs.metric.kind
     if base is not None:
-        msg = f"baseline {run.inputs.metric.kind}: {float(base.mean()):.3f} over {base.shape[0]} prompts"
-        if run.inputs.metric.kind == "logit_diff":
-            msg += f"; target preferred on {float((base > 0).float().mean()):.0%}"
-        ref = getattr(res, "reference", None)
+        msg = f"baseline {kind}: {float(base.mean()):.3f} over {base.shape[0]} prompts"
+        if kind == "logit_diff":
+            msg += f"; target preferred on {float((base > 0).mean()):.0%}"
+        ref = arts.get("reference")
         if ref is not None:
             msg += f"; other run: {float(ref.mean()):.3f}"
         console.print(msg)
     if run.matrix is not None:
         console.print(_heat_table(run.matrix, title))
-        if hasattr(res, "top"):
-            heads = ", ".join(f"L{layer}H{head} {v:+.3f}" for layer, head, v in res.top(top))
+        if top > 0:
+            heads = ", ".join(f"L{layer}H{head} {v:+.3f}" for layer, head, v in top_heads(run.matrix, top))
             console.print(f"top {top} heads by |effect|: {heads}")
-    elif hasattr(res, "prob"):
-        table = Table(title=title)
-        for col in ("after", "p(target)", "rank (mean)", "rank (median)", run.inputs.metric.kind):
-            table.add_column(col, justify="right")
-        for depth in range(res.prob.shape[0]):
-            table.add_row("embed" if depth == 0 else f"L{depth - 1}", f"{float(res.prob[depth].mean()):.4f}",
-                          f"{float(res.rank[depth].float().mean()):.1f}", f"{float(res.rank[depth].float().median()):.0f}",
-                          f"{float(res.metric[depth].mean()):.3f}")
-        console.print(table)
     if html:
         from headmine.report.heatmap import write_heatmap_html
 
@@ -75,13 +79,32 @@ def _finish(run: Any, atlas: str | None, html: str | None, top: int, title: str)
     console.print(f"[dim]{run.duration_s:.1f} s[/]")
 
 
-def _run(model: str, **kw: Any) -> Any:
-    from headmine.pipeline.causal import CausalConfig, run_causal
+def _lens_table(res: Any, metric_kind: str, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("after", "p(target)", "rank (mean)", "rank (median)", metric_kind):
+        table.add_column(col, justify="right")
+    for depth in range(res.prob.shape[0]):
+        table.add_row("embed" if depth == 0 else f"L{depth - 1}", f"{float(res.prob[depth].mean()):.4f}",
+                      f"{float(res.rank[depth].float().mean()):.1f}", f"{float(res.rank[depth].float().median()):.0f}",
+                      f"{float(res.metric[depth].mean()):.3f}")
+    return table
 
-    config = CausalConfig(**kw)  # validate before the (slow) model load
+
+def _config(method: Any, options: dict[str, Any]) -> Any:
+    """The method's own config from the command's options: those its dataclass declares (None = its default)."""
+    declared = {f.name for f in fields(method.config_cls)}
+    return method.config(**{k: v for k, v in options.items() if k in declared and v is not None})
+
+
+def _run(model: str, method_name: str, **options: Any) -> Any:
+    from headmine.causal.methods import get_method
+    from headmine.pipeline.causal import run_causal
+
+    method = get_method(method_name)
+    config = _config(method, options)  # validate before the (slow) model load
     lm = load_with_status(model)
-    with console.status(f"{config.method} on {config.task}"):
-        return run_causal(lm, config)
+    with console.status(f"{method.name} on {config.task}"):
+        return run_causal(lm, config, method=method)
 
 
 def register(app: typer.Typer) -> None:
@@ -100,7 +123,7 @@ def register(app: typer.Typer) -> None:
         top: int = typer.Option(10, help="heads to list"),
     ) -> None:
         """Ablate every head in turn (exact fast sweep) and show the metric change per head."""
-        run = _run(model, method="ablation", task=task, mode=mode, reference=reference, n=n, seed=seed, metric=metric)
+        run = _run(model, "ablation", task=task, mode=mode, reference=reference, n=n, seed=seed, metric=metric)
         _finish(run, atlas, html, top, f"{mode} ablation, {task}: change of {run.inputs.metric.kind}")
 
     @app.command()
@@ -119,13 +142,11 @@ def register(app: typer.Typer) -> None:
         top: int = typer.Option(10),
     ) -> None:
         """Activation patching per head (or path patching with --path-to) between clean and corrupted prompts."""
+        run = _run(model, "path_patching" if path_to else "patching", task=task, per_position=per_position,
+                   direction=direction, receivers=path_to, receiver_input=receiver_input, n=n, seed=seed, metric=metric)
         if path_to:
-            run = _run(model, method="path_patching", task=task, receivers=path_to, receiver_input=receiver_input,
-                       n=n, seed=seed, metric=metric)
             title = f"path patching -> {path_to}, {task}"
         else:
-            run = _run(model, method="patching", task=task, per_position=per_position, direction=direction, n=n,
-                       seed=seed, metric=metric)
             title = f"{direction} patching{' (max over positions)' if per_position else ''}, {task}"
         _finish(run, atlas, html, top, f"{title}: change of {run.inputs.metric.kind}")
 
@@ -143,11 +164,10 @@ def register(app: typer.Typer) -> None:
         top: int = typer.Option(10),
     ) -> None:
         """Attribution patching for all heads in one forward/backward (or --dla: direct logit attribution)."""
+        run = _run(model, "dla" if dla else "attribution", task=task, ig_steps=ig_steps, n=n, seed=seed, metric=metric)
         if dla:
-            run = _run(model, method="dla", task=task, n=n, seed=seed, metric=metric)
             title = f"direct logit attribution, {task}"
         else:
-            run = _run(model, method="attribution", task=task, ig_steps=ig_steps, n=n, seed=seed, metric=metric)
             title = f"attribution patching{f' (IG, {ig_steps} steps)' if ig_steps else ''}, {task}"
         _finish(run, atlas, html, top, f"{title}: {run.inputs.metric.kind}")
 
@@ -161,5 +181,7 @@ def register(app: typer.Typer) -> None:
         atlas: str = typer.Option(None, help="write the run into this atlas file"),
     ) -> None:
         """Logit lens: the answer's probability and rank after every layer."""
-        run = _run(model, method="logit_lens", task=task, n=n, seed=seed, metric=metric)
-        _finish(run, atlas, None, 0, f"logit lens, {task}")
+        run = _run(model, "logit_lens", task=task, n=n, seed=seed, metric=metric)
+        title = f"logit lens, {task}"
+        console.print(_lens_table(run.result, run.inputs.metric.kind, title))
+        _finish(run, atlas, None, 0, title)

@@ -28,6 +28,12 @@ class HeadId:
         a, b, c, d = m.groups()
         return cls(int(a if a is not None else c), int(b if b is not None else d))
 
+    @classmethod
+    def parse_list(cls, text: str) -> list[HeadId]:
+        """Parse a comma-separated list, ``"L1H2,L1H3"`` -> ``[HeadId(1, 2), HeadId(1, 3)]``; empty parts
+        are skipped, so ``""`` gives ``[]``."""
+        return [cls.parse(part) for part in text.split(",") if part.strip()]
+
 
 class Site(str, Enum):
     """Per-head quantities a capture can record.

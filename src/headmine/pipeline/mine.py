@@ -90,10 +90,11 @@ def _scan(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: Stage
 
 def _toolkit(method: str, task: str, **extra: Any) -> Callable[[LoadedModel, Budget, str, str, StageProgress], int]:
     def run(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
-        from headmine.pipeline.causal import CausalConfig, run_causal, write_causal
+        from headmine.causal.methods import get_method
+        from headmine.pipeline.causal import run_causal, write_causal
 
         progress(method, 0, 1)
-        result = run_causal(lm, CausalConfig(method=method, task=task, n=budget.toolkit_n, **extra))
+        result = run_causal(lm, get_method(method).config(task=task, n=budget.toolkit_n, **extra))
         progress(method, 1, 1)
         return write_causal(result, atlas, group_id=gid)
 
