@@ -4,6 +4,10 @@
 final norm's gain folded in, and the gain of each layer's attention-input norm. Norms are applied
 as RMS (Llama family) or LayerNorm (centre, then scale) according to ``norm_kind``. RoPE and
 q/k norms are not applied: QK scores computed from these weights are position-free.
+
+:func:`circuit_weights` builds them from the model adapter alone (its weight slices and
+:class:`~headmine.models.norms.NormSpec` s), so every family the adapters describe gets the right
+gains (Gemma's ``1 + w`` included) without this module knowing any module names.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from headmine.models.base import ModelAdapter
+from headmine.models.loading import LoadedModel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +33,28 @@ class CircuitWeights:
     W_U: torch.Tensor
     attn_norm_gain: torch.Tensor
     norm_kind: str = "rms"
+
+    @classmethod
+    def from_adapter(cls, adapter: ModelAdapter) -> CircuitWeights:
+        """Stack the adapter's weights (float32, detached). The attention-norm gain is ones where a
+        layer has no norm in front of attention (post-norm models); ``norm_kind`` is the final norm's."""
+        g = adapter.geometry
+        layers = range(g.n_layers)
+        with torch.no_grad():
+            w_q = torch.stack([adapter.W_Q(layer).detach().float() for layer in layers])
+            w_k = torch.stack([adapter.per_query_head(adapter.W_K(layer)).detach().float() for layer in layers])
+            w_v = torch.stack([adapter.per_query_head(adapter.W_V(layer)).detach().float() for layer in layers])
+            w_o = torch.stack([adapter.W_O(layer).detach().float() for layer in layers])
+            w_u = adapter.W_U().detach().float()
+            final = adapter.final_norm_spec()
+            if final is not None:
+                w_u = final.weight.to(w_u.device)[:, None] * w_u
+            gains = []
+            for layer in layers:
+                spec = adapter.attn_norm_spec(layer)
+                gains.append(torch.ones(g.d_model, device=w_o.device) if spec is None else spec.weight)
+        return cls(W_Q=w_q, W_K=w_k, W_V=w_v, W_O=w_o, W_U=w_u, attn_norm_gain=torch.stack(gains),
+                   norm_kind=final.kind if final is not None else "rms")
 
     @property
     def n_layers(self) -> int:
@@ -54,3 +83,8 @@ class CircuitWeights:
         """Direct-path logits of head outputs ``out`` [..., d_model] for ``token_ids`` only,
         through the final norm (linearised: each output normed on its own)."""
         return self.normalize(out) @ self.W_U[:, token_ids].to(torch.float32)
+
+
+def circuit_weights(lm: LoadedModel) -> CircuitWeights:
+    """The weights OV/QK detectors read, from ``lm``'s adapter (no model object goes to a detector)."""
+    return CircuitWeights.from_adapter(lm.adapter)

@@ -2,7 +2,10 @@
 
 An adapter is the ONLY code that knows HuggingFace module paths. Each family subclasses
 ``ModelAdapter`` in its own small file, sets the module paths, and overrides weight slicing where
-the layout differs (GPT-2's Conv1D is transposed; GPT-NeoX fuses q/k/v per head).
+the layout differs (GPT-2's Conv1D is transposed; GPT-NeoX fuses q/k/v per head). It also owns
+the norms (as :class:`~headmine.models.norms.NormSpec`: kind, effective gain, bias, eps), the
+post-norms, the unembedding and final-logit soft-capping: consumers ask it instead of reading
+modules, so a new family is fully described by its adapter file.
 
 Weight conventions (TransformerLens vocabulary): ``W_Q[l]`` is ``[head, d_model, d_head]``,
 ``W_K[l]``/``W_V[l]`` are ``[kv_head, d_model, d_head]``, ``W_O[l]`` is ``[head, d_head, d_model]``,
@@ -22,6 +25,7 @@ from torch import nn
 from headmine.core.errors import HeadIndexError, UnsupportedModelError
 from headmine.core.ids import HeadId, Site
 from headmine.core.registry import Registry
+from headmine.models.norms import NormKind, NormSpec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +91,14 @@ class ModelAdapter:
     embed_path: ClassVar[str]
     unembed_path: ClassVar[str | None] = "lm_head"
     qkv_names: ClassVar[tuple[str, str, str] | None] = ("q_proj", "k_proj", "v_proj")  # under attn
+    out_proj_in_axis: ClassVar[int] = 1  # axis of the output projection's weight that reads z (nn.Linear: [out, in])
+    # norms: every norm of the family has this kind; eps is read from this module attribute
+    norm_kind: ClassVar[NormKind] = "rms"
+    norm_eps_attr: ClassVar[str] = "variance_epsilon"
+    norm_gain_offset: ClassVar[float] = 0.0  # Gemma stores gain - 1 (the module scales by 1 + weight)
+    attn_norm_name: ClassVar[str | None] = "input_layernorm"  # under a layer, in front of attention; None: post-norm
+    attn_post_norm_name: ClassVar[str | None] = None  # under a layer: norm on attention's output before the add
+    mlp_post_norm_name: ClassVar[str | None] = None  # under a layer: norm on the MLP's output before the add
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -133,6 +145,18 @@ class ModelAdapter:
     def unembedding(self) -> nn.Module | None:
         return _get(self.model, self.unembed_path) if self.unembed_path else None
 
+    def attn_norm(self, layer: int) -> nn.Module | None:
+        """The norm whose output feeds the attention projections (None for post-norm models, e.g. BERT)."""
+        return _get(self.layer(layer), self.attn_norm_name) if self.attn_norm_name else None
+
+    def attn_post_norm(self, layer: int) -> nn.Module | None:
+        """The norm applied to attention's output before the residual add (Gemma 2/3), else None."""
+        return _get(self.layer(layer), self.attn_post_norm_name) if self.attn_post_norm_name else None
+
+    def mlp_post_norm(self, layer: int) -> nn.Module | None:
+        """The norm applied to the MLP's output before the residual add (Gemma 2/3), else None."""
+        return _get(self.layer(layer), self.mlp_post_norm_name) if self.mlp_post_norm_name else None
+
     def qkv_hook_points(self, layer: int) -> dict[Site, QKVHookPoint]:
         """Modules whose outputs give q, k, v per head (before RoPE / q-k norms)."""
         assert self.qkv_names is not None
@@ -171,6 +195,56 @@ class ModelAdapter:
 
     def b_O(self, layer: int) -> torch.Tensor | None:
         return getattr(self.out_proj(layer), "bias", None)
+
+    def out_proj_head_weight(self, layer: int, head: int) -> torch.Tensor:
+        """A view into the raw output-projection weight holding the entries that read head ``head``'s z
+        (zeroing it in place removes the head; doctor's weight-surgery check does so)."""
+        d = self.geometry.d_head
+        return self.out_proj(layer).weight.narrow(self.out_proj_in_axis, head * d, d)
+
+    # ---- norms ------------------------------------------------------------------------------
+    def norm_spec(self, norm: nn.Module | None) -> NormSpec | None:
+        """``norm`` (one of this model's norm modules, or None) read with the family's conventions."""
+        if norm is None:
+            return None
+        return NormSpec.of(norm, self.norm_kind, eps_attr=self.norm_eps_attr, gain_offset=self.norm_gain_offset)
+
+    def final_norm_spec(self) -> NormSpec | None:
+        return self.norm_spec(self.final_norm())
+
+    def attn_norm_spec(self, layer: int) -> NormSpec | None:
+        return self.norm_spec(self.attn_norm(layer))
+
+    def attn_post_norm_spec(self, layer: int) -> NormSpec | None:
+        return self.norm_spec(self.attn_post_norm(layer))
+
+    def mlp_post_norm_spec(self, layer: int) -> NormSpec | None:
+        return self.norm_spec(self.mlp_post_norm(layer))
+
+    # ---- unembedding ------------------------------------------------------------------------
+    def final_logit_softcap(self) -> float | None:
+        """``c`` when the model's logits are ``c * tanh(logits / c)`` (Gemma 2), else None."""
+        return None
+
+    def unembed_bias(self) -> torch.Tensor | None:
+        """[vocab] bias of the unembedding, or None."""
+        unembed = self.unembedding()
+        return None if unembed is None else getattr(unembed, "bias", None)
+
+    def unembed(self, normed: torch.Tensor) -> torch.Tensor:
+        """Logits [..., vocab] of final-normed hidden states [..., d_model]: unembedding, then soft-cap."""
+        unembed = self.unembedding()
+        if unembed is None:
+            raise UnsupportedModelError(f"{type(self.model).__name__} has no unembedding (it is an encoder)")
+        logits = unembed(normed)
+        cap = self.final_logit_softcap()
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def readout(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits [..., vocab] of residual vectors [..., d_model] (final norm, unembedding, soft-cap), with
+        the model's own modules: at the last layer's output this is the model's logits."""
+        norm = self.final_norm()
+        return self.unembed(resid if norm is None else norm(resid))
 
     def W_U(self) -> torch.Tensor:
         """[d_model, vocab]."""

@@ -18,3 +18,6 @@ class BertAdapter(ModelAdapter):
     embed_path = "embeddings.word_embeddings"
     unembed_path = None
     qkv_names = ("query", "key", "value")
+    norm_kind = "layer"
+    norm_eps_attr = "eps"
+    attn_norm_name = None  # post-norm: attention reads the previous block's normed output

@@ -1,18 +1,35 @@
-"""Gemma 2 and Gemma 3 text decoders.
+"""Gemma 1, 2 and 3 text decoders.
 
-Same module paths as Llama. Differences that matter to per-head methods, handled by the model
+Same module paths as Llama. Every Gemma RMSNorm stores ``gain - 1`` (the module scales by
+``1 + weight``). Gemma 2/3 blocks add "sandwich" norms: attention's and the MLP's outputs are
+RMS-normed before the residual add. Gemma 2 soft-caps its final logits. Handled by the model
 itself after our hook points: q/k RMS norms (Gemma 3), attention logit soft-capping (Gemma 2),
-sliding-window layers, embeddings scaled by sqrt(d_model), final logit soft-capping.
+sliding-window layers, embeddings scaled by sqrt(d_model).
 """
+
+from typing import Any
 
 from headmine.models.base import ModelAdapter, register_adapter
 
 
 @register_adapter
 class GemmaAdapter(ModelAdapter):
-    families = ("gemma", "gemma2", "gemma3", "gemma3_text")
+    families = ("gemma",)
     layers_path = "model.layers"
     attn_name = "self_attn"
     out_proj_name = "self_attn.o_proj"
     final_norm_path = "model.norm"
     embed_path = "model.embed_tokens"
+    norm_eps_attr = "eps"
+    norm_gain_offset = 1.0
+
+
+@register_adapter
+class Gemma2Adapter(GemmaAdapter):
+    families = ("gemma2", "gemma3", "gemma3_text")
+    attn_post_norm_name = "post_attention_layernorm"
+    mlp_post_norm_name = "post_feedforward_layernorm"
+
+    def final_logit_softcap(self) -> float | None:
+        cap: Any = getattr(self.config, "final_logit_softcapping", None)
+        return float(cap) if cap else None

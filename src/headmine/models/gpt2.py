@@ -15,6 +15,10 @@ class GPT2Adapter(ModelAdapter):
     final_norm_path = "transformer.ln_f"
     embed_path = "transformer.wte"
     qkv_names = None
+    out_proj_in_axis = 0  # Conv1D stores [in, out]
+    norm_kind = "layer"
+    norm_eps_attr = "eps"
+    attn_norm_name = "ln_1"
 
     def _qkv_weight(self, layer: int, which: int) -> torch.Tensor:
         g = self.geometry

@@ -15,6 +15,8 @@ class GPTNeoXAdapter(ModelAdapter):
     final_norm_path = "gpt_neox.final_layer_norm"
     embed_path = "gpt_neox.embed_in"
     qkv_names = None
+    norm_kind = "layer"
+    norm_eps_attr = "eps"
 
     def _qkv_weight(self, layer: int, which: int) -> torch.Tensor:
         g = self.geometry
