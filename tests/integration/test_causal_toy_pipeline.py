@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 
+from headmine.atlas import write_job
 from headmine.causal.methods import MethodConfig, get_method
 from headmine.causal.metrics import AnswerMetric
 from headmine.causal.path_patching import path_patching
 from headmine.core.errors import HeadmineError
 from headmine.core.ids import HeadId
-from headmine.pipeline.causal import run_causal, write_causal
+from headmine.pipeline.causal import run_causal
 from headmine.tasks import load_task
 
 pytestmark = pytest.mark.slow
@@ -79,7 +80,7 @@ def test_bad_input_names_the_line_and_writes_nothing(toy, tmp_path, case, method
     atlas = tmp_path / "atlas.db"
     with pytest.raises(HeadmineError) as err:
         run = run_causal(toy, config(method, task=path, n=10))
-        write_causal(run, str(atlas))
+        write_job(run, str(atlas))
     assert needle in str(err.value.problem)
     if atlas.exists():
         from headmine.atlas import Atlas
@@ -100,7 +101,7 @@ def test_runs_land_in_the_atlas_with_inputs(toy, tmp_path):
                 config("logit_lens", task=path), config("path_patching", task=path)):
         run = run_causal(toy, cfg)
         assert {"component", "layer", "head", "method", "metric", "value", "n", "stderr"} <= set(run.frame.columns)
-        ids.append(write_causal(run, atlas))
+        ids.append(write_job(run, atlas))
     with Atlas.open(atlas) as db:
         runs = db.runs()
         assert len(runs) == 6

@@ -72,9 +72,9 @@ def _finish(run: Any, atlas: str | None, html: str | None, top: int, title: str)
         else:
             console.print(f"heatmap: {write_heatmap_html(run.matrix, html, title=title)}")
     if atlas:
-        from headmine.pipeline.causal import write_causal
+        from headmine.atlas import write_job
 
-        run_id = write_causal(run, atlas)
+        run_id = write_job(run, atlas)
         console.print(f"atlas: run {run_id} written to {atlas}")
     console.print(f"[dim]{run.duration_s:.1f} s[/]")
 

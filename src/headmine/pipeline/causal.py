@@ -1,15 +1,14 @@
 """Orchestration for the causal methods: task -> batches + metric -> method -> tidy table -> atlas.
 
 ``run_causal(lm, config)`` finds the registered method that owns ``config``'s type, builds the
-inputs it asks for and runs it, all in memory; ``write_causal(run, path)`` then writes ONE atlas run
-(scores and the exact clean/corrupted token ids) in one transaction, so a failure at any point
-leaves no partial run. Nothing here names a method: each one declares what it needs (see
+inputs it asks for and runs it, all in memory; the ``CausalRun`` it returns is a ``JobResult``, so
+``headmine.atlas.write_job(run, path)`` writes ONE atlas run (scores, the exact clean/corrupted
+token ids, the method's artifacts) in one transaction, and a failure leaves no partial run. Nothing here names a method: each one declares what it needs (see
 ``headmine.causal.methods``).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headmine.atlas import Atlas, InputRow, RunRecord, ScoreRow, utc_now
+from headmine.atlas import AtlasRun, InputRow, JobResult, RunRecord, score_rows, utc_now
 from headmine.causal.methods import (
     CausalInputs,
     CausalMethod,
@@ -28,15 +27,14 @@ from headmine.causal.methods import (
     method_for,
 )
 from headmine.causal.metrics import AnswerMetric
-from headmine.core.errors import AtlasError, TaskError
+from headmine.core.errors import TaskError
 from headmine.models.loading import LoadedModel
-from headmine.pipeline.scan import _model_info
 from headmine.tasks import TASKS, load_task
 from headmine.tasks.base import PromptItem
 
 
 @dataclass(frozen=True, kw_only=True)
-class CausalRun:
+class CausalRun(JobResult):
     """One causal job's result in memory: the method, its config and inputs, and what it measured."""
 
     method: CausalMethod[Any]
@@ -49,6 +47,21 @@ class CausalRun:
     matrix: np.ndarray | None  # [L, H] head effects for heatmaps (None when the method has no head matrix)
     duration_s: float
     started_at: str
+
+    def to_atlas(self, *, group_id: str | None = None) -> AtlasRun:
+        """ONE run of the method's kind: scores (NaN values left out), the exact inputs (clean /
+        corrupted token ids), the method's artifacts and its head matrix."""
+        inp, c, m = self.inputs, self.config, self.method
+        record = RunRecord(
+            kind=m.run_kind, model=self.model, model_info=self.model_info, task=inp.task,
+            params={"config": {"method": m.name, **c.to_dict()}, "task_params": inp.task_params, "metric": inp.metric.kind},
+            seeds={"seed": c.seed}, started_at=self.started_at, duration_s=float(self.duration_s), group_id=group_id,
+        )
+        artifacts: dict[str, Any] = dict(self.result.artifacts())
+        if self.matrix is not None:
+            artifacts["head_matrix"] = np.asarray(self.matrix)
+        return AtlasRun(record=record, scores=score_rows(self.frame, skip_nan_values=True), inputs=_input_rows(inp),
+                        artifacts=artifacts)
 
 
 def resolve_method(config: MethodConfig, method: str | CausalMethod[Any] | None = None) -> CausalMethod[Any]:
@@ -115,7 +128,7 @@ def run_causal(lm: LoadedModel, config: MethodConfig, *, method: str | CausalMet
     t0 = time.perf_counter()
     inp = prepare_inputs(lm, m, config)
     result = m.run(lm, config, inp)
-    return CausalRun(method=m, config=config, model=lm.name, model_info=_model_info(lm), inputs=inp, result=result,
+    return CausalRun(method=m, config=config, model=lm.name, model_info=lm.model_info(), inputs=inp, result=result,
                      frame=result.frame(), matrix=result.head_matrix(), duration_s=time.perf_counter() - t0,
                      started_at=started)
 
@@ -138,32 +151,3 @@ def _input_rows(inp: CausalInputs) -> list[InputRow]:
     if inp.corrupted_ids is not None and inp.corrupted_mask is not None:
         out += rows(inp.corrupted_ids, inp.corrupted_mask, inp.corrupted_texts, "corrupted")
     return out
-
-
-def write_causal(run: CausalRun, atlas_path: str, *, group_id: str | None = None) -> int:
-    """Write ONE atlas run: scores, exact inputs (clean / corrupted token ids), the method's artifacts."""
-    inp, c, m = run.inputs, run.config, run.method
-    record = RunRecord(
-        kind=m.run_kind, model=run.model, model_info=run.model_info, task=inp.task,
-        params={"config": {"method": m.name, **c.to_dict()}, "task_params": inp.task_params, "metric": inp.metric.kind},
-        seeds={"seed": c.seed}, started_at=run.started_at, duration_s=float(run.duration_s), group_id=group_id,
-    )
-
-    def scores():
-        for r in run.frame.itertuples(index=False):
-            err = None if r.stderr is None or (isinstance(r.stderr, float) and math.isnan(r.stderr)) else float(r.stderr)
-            if isinstance(r.value, float) and math.isnan(r.value):
-                continue
-            yield ScoreRow(component=r.component, layer=int(r.layer), head=int(r.head), method=r.method, metric=r.metric,
-                           value=float(r.value), n=int(r.n), stderr=err)
-
-    artifacts: dict[str, Any] = dict(run.result.artifacts())
-    if run.matrix is not None:
-        artifacts["head_matrix"] = np.asarray(run.matrix)
-    try:
-        with Atlas.open(atlas_path) as db:
-            return db.write_run(record, scores=scores(), inputs=_input_rows(inp), artifacts=artifacts)
-    except AtlasError:
-        raise
-    except Exception as err:  # write_run is one transaction: nothing was written
-        raise AtlasError(f"could not write the {m.name} run to {atlas_path}: {err}", "check the atlas path and disk space") from err

@@ -90,39 +90,42 @@ def _scan(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: Stage
 
 def _toolkit(method: str, task: str, **extra: Any) -> Callable[[LoadedModel, Budget, str, str, StageProgress], int]:
     def run(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
+        from headmine.atlas import write_job
         from headmine.causal.methods import get_method
-        from headmine.pipeline.causal import run_causal, write_causal
+        from headmine.pipeline.causal import run_causal
 
         progress(method, 0, 1)
         result = run_causal(lm, get_method(method).config(task=task, n=budget.toolkit_n, **extra))
         progress(method, 1, 1)
-        return write_causal(result, atlas, group_id=gid)
+        return write_job(result, atlas, group_id=gid)
 
     return run
 
 
 def _chg(task: str) -> Callable[[LoadedModel, Budget, str, str, StageProgress], int]:
     def run(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
+        from headmine.atlas import write_job
         from headmine.causal.head_gating import CHGConfig, task_data
-        from headmine.pipeline.gating import gate_model, write_gate
+        from headmine.pipeline.gating import gate_model
 
         data, prompts = task_data(lm, task, n=budget.chg_n, seed=0)
         config = CHGConfig.preset_for(budget.chg_preset, seeds=budget.chg_seeds)
         report = gate_model(lm, data, config, task=task, prompts=prompts,
                             progress=lambda stage, step, total, loss: progress(f"CHG {stage}", step, total))
-        return write_gate(report, atlas, group_id=gid)
+        return write_job(report, atlas, group_id=gid)
 
     return run
 
 
 def _factual(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
-    from headmine.pipeline.factual import FactualConfig, run_factual, write_factual
+    from headmine.atlas import write_job
+    from headmine.pipeline.factual import FactualConfig, run_factual
 
     progress("factual", 0, 1)
     report = run_factual(lm, FactualConfig(n_per_relation=budget.factual_n, shots=budget.factual_shots),
                          log=lambda stage, *_: progress(f"factual: {stage}", 0, 1))
     progress("factual", 1, 1)
-    return write_factual(report, lm, atlas, group_id=gid)
+    return write_job(report, atlas, group_id=gid)
 
 
 def toolkit_task(lm: LoadedModel) -> str:
