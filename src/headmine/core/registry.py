@@ -1,9 +1,16 @@
-"""A tiny name -> object registry used by adapters, detectors and tasks."""
+"""A name -> object registry, one per extension point (detectors, tasks, causal methods, model families).
+
+Extensions register themselves where they are defined. A registry created with ``plugin_group``
+also imports the installed third-party plugins of that entry-point group (``headmine.core.plugins``)
+the first time it is looked up.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
+
+from headmine.core.plugins import load_plugins
 
 T = TypeVar("T")
 
@@ -11,10 +18,18 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to objects; ``register`` is usable as a decorator."""
 
-    def __init__(self, kind: str, unknown_error: type[Exception] = KeyError) -> None:
+    def __init__(self, kind: str, unknown_error: type[Exception] = KeyError, *, plugin_group: str | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
         self._unknown_error = unknown_error
+        self._plugin_group = plugin_group
+        self._plugins_loaded = plugin_group is None
+
+    def _load_plugins(self) -> None:
+        if not self._plugins_loaded:
+            self._plugins_loaded = True  # first: a plugin's own registration looks the registry up again
+            assert self._plugin_group is not None
+            load_plugins(self._plugin_group)
 
     def register(self, *names: str) -> Callable[[T], T]:
         def decorate(obj: T) -> T:
@@ -27,6 +42,7 @@ class Registry(Generic[T]):
         return decorate
 
     def get(self, name: str) -> T:
+        self._load_plugins()
         try:
             return self._items[name]
         except KeyError:
@@ -34,13 +50,16 @@ class Registry(Generic[T]):
             raise self._unknown_error(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def __contains__(self, name: object) -> bool:
+        self._load_plugins()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
+        return iter(self.names())
 
     def names(self) -> list[str]:
+        self._load_plugins()
         return sorted(self._items)
 
     def items(self) -> list[tuple[str, T]]:
+        self._load_plugins()
         return sorted(self._items.items())

@@ -122,7 +122,7 @@ class Detector:
         return acc.finalize(method=self.name, metric=self.metric)
 
 
-DETECTORS: Registry[Detector] = Registry("detector", DetectorError)
+DETECTORS: Registry[Detector] = Registry("detector", DetectorError, plugin_group="headmine.detectors")
 
 
 def register(detector: Detector) -> Detector:
