@@ -12,7 +12,7 @@ The gradient with respect to z is taken through an additive zero ``delta`` on z 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -44,11 +44,13 @@ class AddDelta(Intervention):
         return z + self.deltas[layer].to(z.dtype)
 
 
-def _embedding_override(values: torch.Tensor) -> HookSpec:
+def _embedding_override(values: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """Forward hook: the embedding module outputs ``values`` instead (IG interpolation points)."""
+
     def fn(module, args, kwargs, output):
         return values.to(output.dtype)
 
-    return fn  # type: ignore[return-value]
+    return fn
 
 
 def z_gradients(

@@ -30,7 +30,7 @@ from headmine.causal.metrics import AnswerMetric
 from headmine.core.errors import TaskError
 from headmine.models.loading import LoadedModel
 from headmine.tasks import TASKS, load_task
-from headmine.tasks.base import PromptItem
+from headmine.tasks.prompt_set import PromptItem
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,7 +143,7 @@ def _input_rows(inp: CausalInputs) -> list[InputRow]:
             meta = {"end_pos": int(inp.metric.end_pos[i]), "target_id": int(inp.metric.target_id[i])}
             if inp.metric.wrong_id is not None:
                 meta["wrong_id"] = int(inp.metric.wrong_id[i])
-            out.append(InputRow(idx=i, token_ids=ids[i, :n].tolist(), role=role,
+            out.append(InputRow(idx=i, token_ids=tuple(ids[i, :n].tolist()), role=role,
                                 text=texts[i] if texts and i < len(texts) else None, meta=meta))
         return out
 
