@@ -29,8 +29,7 @@ from headmine.causal.methods import (
 from headmine.causal.metrics import AnswerMetric
 from headmine.core.errors import TaskError
 from headmine.models.loading import LoadedModel
-from headmine.tasks import TASKS, load_task
-from headmine.tasks.prompt_set import PromptItem
+from headmine.tasks import TASKS, PromptItem, load_task
 
 
 @dataclass(frozen=True, kw_only=True)
