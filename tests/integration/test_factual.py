@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from headmine.atlas import Atlas
+from headmine.atlas import Atlas, write_job
 from headmine.core.errors import HeadmineError
-from headmine.pipeline.factual import FactualConfig, run_factual, write_factual
+from headmine.pipeline.factual import FactualConfig, run_factual
 
 SMALL = FactualConfig(relations=["country_capital", "country_language", "object_colour"], heldout_relations=["object_colour"],
                       n_per_relation=5, shots=2, corpus_windows=2, window_len=32, top_k=2,
@@ -25,7 +25,7 @@ def _check(rep, lm, tmp_path) -> None:
     for split in ("heldout_facts", "heldout_relations"):
         lo, hi = rep.mitigation[split]["dprob_ci"]
         assert lo <= rep.mitigation[split]["dprob"] <= hi
-    run_id = write_factual(rep, lm, tmp_path / "atlas.db")
+    run_id = write_job(rep, tmp_path / "atlas.db")
     with Atlas.open(tmp_path / "atlas.db") as db:
         assert db.run(run_id).kind == "factual"
         assert len(db.inputs(run_id)) == len(rep.inputs)

@@ -183,13 +183,13 @@ def test_contrastive_fit_and_accuracy(lm, data):
 
 
 def test_write_gate_to_atlas(tmp_path, lm, data):
-    from headmine.atlas import Atlas
-    from headmine.pipeline.gating import gate_model, write_gate
+    from headmine.atlas import Atlas, write_job
+    from headmine.pipeline.gating import gate_model
 
     report = gate_model(lm, data, TINY, task="toy-repeat")
     assert set(report.ablation) == {"F", "I", "N"}
     path = tmp_path / "atlas.db"
-    run_id = write_gate(report, path)
+    run_id = write_job(report, path)
     with Atlas.open(path, readonly=True) as db:
         run = db.run(run_id)
         assert run.kind == "chg" and run.status == "complete"

@@ -7,7 +7,8 @@ import json
 import torch
 
 from headmine.causal.head_gating import CHGConfig, repeated_tokens_data
-from headmine.pipeline.gating import gate_model, write_gate
+from headmine.atlas import write_job
+from headmine.pipeline.gating import gate_model
 from headmine.report import build_report
 from tests.tiny_models import VOCAB, tiny_model
 
@@ -17,7 +18,7 @@ def test_report_from_a_real_chg_run(tmp_path):
     lm = tiny_model("llama-gqa")
     data = repeated_tokens_data(VOCAB, n=6, length=8, seed=1)
     cfg = CHGConfig.preset_for("quick", updates=(4, 3, 3), seeds=2, batch_size=4, micro_batch=8, eval_rows=4)
-    run_id = write_gate(gate_model(lm, data, cfg, task="toy-repeat"), tmp_path / "atlas.db")
+    run_id = write_job(gate_model(lm, data, cfg, task="toy-repeat"), tmp_path / "atlas.db")
     files = build_report(tmp_path / "atlas.db", tmp_path / "report")
     html = files.pages["llama-gqa"].read_text(encoding="utf-8")
     page = json.loads(html.split('<script type="application/json" id="hm-data">')[1].split("</script>")[0])

@@ -41,7 +41,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size"),
     ) -> None:
         """Factual recall mechanisms (Lv et al. 2024 style) on MODEL, with a held-out-tested mitigation."""
-        from headmine.pipeline.factual import FactualConfig, run_factual, write_factual
+        from headmine.atlas import write_job
+        from headmine.pipeline.factual import FactualConfig, run_factual
 
         lm = load_with_status(model)
         cfg = FactualConfig(relations=_split(relation), heldout_relations=_split(heldout), n_per_relation=n, shots=shots,
@@ -114,7 +115,7 @@ def register(app: typer.Typer) -> None:
             js, st = rep.chosen.save(save)
             console.print(f"saved mitigation to {js}" + (f" and {st}" if st else ""))
         if atlas is not None:
-            run_id = write_factual(rep, lm, atlas)
+            run_id = write_job(rep, atlas)
             console.print(f"atlas: run {run_id} in {atlas} ({len(rep.scores)} scores, {len(rep.inputs)} prompts)")
         console.print(f"[dim]{g.n_layers} layers x {g.n_heads} heads; times: "
                       + ", ".join(f"{k} {v:.0f}s" for k, v in rep.timings.items()) + "[/]")

@@ -66,8 +66,9 @@ def register(app: typer.Typer) -> None:
         no_agreement: bool = typer.Option(False, "--no-agreement", help="skip the agreement with activation patching"),
     ) -> None:
         """Causal Head Gating: which heads facilitate, interfere with or are irrelevant to a task."""
+        from headmine.atlas import write_job
         from headmine.causal.head_gating import LABELS, CHGConfig, load_data_file, task_data
-        from headmine.pipeline.gating import gate_model, write_gate
+        from headmine.pipeline.gating import gate_model
 
         if (data is None) == (task is None):
             raise InputError("give exactly one of --data FILE or --task NAME", "e.g. --task ioi or --data prompts.jsonl")
@@ -110,7 +111,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"patching agreement: {a['n_mediating']} mediating heads, mean F {a['mean_mediating']:.2f} vs "
                           f"{a['mean_other']:.2f}, Welch t({a['df']:.1f}) = {a['t']:.2f}, p = {a['p']:.2g}")
         if not no_atlas:
-            run_id = write_gate(report, atlas)
+            run_id = write_job(report, atlas)
             console.print(f"wrote run {run_id} to {atlas}")
 
     @app.command("gate-contrast")
@@ -131,8 +132,9 @@ def register(app: typer.Typer) -> None:
         no_atlas: bool = typer.Option(False, "--no-atlas", help="do not write the atlas"),
     ) -> None:
         """Contrastive CHG: gates that forget the --forget format while keeping the --retain one."""
+        from headmine.atlas import write_job
         from headmine.causal.contrastive_gating import ContrastConfig, builtin_contrast_pair, load_pair_files
-        from headmine.pipeline.gating import contrast_model, write_contrast
+        from headmine.pipeline.gating import contrast_model
 
         if builtin is None and (retain is None or forget is None):
             raise InputError("give --retain A --forget B, or --builtin instruction|fewshot", "e.g. --builtin instruction")
@@ -157,5 +159,5 @@ def register(app: typer.Typer) -> None:
         table.add_row(f"forget ({f.source})", f"{a['forget_before']:.1%}", f"{a['forget_after']:.1%}")
         console.print(table)
         if not no_atlas:
-            run_id = write_contrast(report, atlas)
+            run_id = write_job(report, atlas)
             console.print(f"wrote run {run_id} to {atlas}")

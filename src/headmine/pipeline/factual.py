@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from headmine.atlas import AtlasRun, InputRow, JobResult, RunRecord, ScoreRow
 from headmine.causal.factual_recall import (
     Mitigation,
     answer_trajectory,
@@ -33,7 +33,7 @@ from headmine.causal.factual_recall.common import concat_batches
 from headmine.core.errors import TaskError
 from headmine.core.ids import HeadId
 from headmine.models.loading import LoadedModel
-from headmine.tasks import factual
+from headmine.tasks import factual, natural_text
 from headmine.tasks.base import TokenBatch
 
 
@@ -57,9 +57,13 @@ class FactualConfig:
 
 
 @dataclass
-class FactualReport:
+class FactualReport(JobResult):
+    """Every analysis's summary, with the scores and exact inputs; written as one ``factual`` run
+    (scores, inputs, and the summary and chosen mitigation as JSON artifacts)."""
+
     model: str
     config: FactualConfig
+    model_info: dict[str, Any] = field(default_factory=dict)
     trajectory: dict[str, Any] = field(default_factory=dict)
     trajectory_groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     argument: dict[str, Any] = field(default_factory=dict)
@@ -72,11 +76,22 @@ class FactualReport:
     timings: dict[str, float] = field(default_factory=dict)
     scores: list[Any] = field(default_factory=list)
     inputs: list[Any] = field(default_factory=list)
-    run_id: int | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("scores", "inputs", "chosen", "config")} | {
-            "config": asdict(self.config)}
+        skip = ("scores", "inputs", "chosen", "config", "model_info")
+        return {k: v for k, v in asdict(self).items() if k not in skip} | {"config": asdict(self.config)}
+
+    def to_atlas(self, *, group_id: str | None = None) -> AtlasRun:
+        chosen = self.chosen
+        mit = None if chosen is None else {
+            "name": chosen.name, "head_scales": [[h.layer, h.head, f] for h, f in chosen.head_scales],
+            "mlp_scales": [list(x) for x in chosen.mlp_scales],
+            "remove_directions": {str(k): v.tolist() for k, v in chosen.remove_directions.items()}}
+        record = RunRecord(kind="factual", model=self.model, model_info=self.model_info, task="factual",
+                           params=asdict(self.config), seeds=self.config.seed, duration_s=sum(self.timings.values()),
+                           group_id=group_id)
+        return AtlasRun(record=record, scores=self.scores, inputs=self.inputs,
+                        artifacts={"summary": _jsonable(self.summary()), "mitigation": mit or {}})
 
 
 def _dedupe_pair(clean: TokenBatch, corrupt: TokenBatch) -> tuple[TokenBatch, TokenBatch]:
@@ -110,11 +125,8 @@ def build_prompts(lm: LoadedModel, cfg: FactualConfig) -> tuple[TokenBatch, Toke
 
 def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Callable[[str], None] | None = None) -> FactualReport:
     """Run every analysis; returns the report (scores and inputs ready for the atlas). ``log`` gets one line per stage."""
-    from headmine.atlas import InputRow, ScoreRow
-    from headmine.tasks import natural_text
-
     cfg = cfg or FactualConfig()
-    rep = FactualReport(model=lm.name, config=cfg)
+    rep = FactualReport(model=lm.name, config=cfg, model_info=lm.model_info())
     t = time.perf_counter()
     clean0, corrupt0, allp = build_prompts(lm, cfg)
     relations = sorted(set(allp.meta["relation"]))
@@ -214,25 +226,6 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Calla
 def _log(log: Callable[[str], None] | None, stage: str, seconds: float) -> None:
     if log is not None:
         log(f"{stage} done in {seconds:.1f} s")
-
-
-def write_factual(rep: FactualReport, lm: LoadedModel, atlas_path: str | Path, *, group_id: str | None = None) -> int:
-    """Write the report as one atlas run (scores, inputs, and the summary/mitigation as JSON artifacts)."""
-    from headmine.atlas import Atlas, RunRecord
-
-    chosen = rep.chosen
-    mit = None if chosen is None else {"name": chosen.name, "head_scales": [[h.layer, h.head, f] for h, f in chosen.head_scales],
-                                       "mlp_scales": [list(x) for x in chosen.mlp_scales],
-                                       "remove_directions": {str(k): v.tolist() for k, v in chosen.remove_directions.items()}}
-    with Atlas.open(atlas_path) as db:
-        run_id = db.write_run(
-            RunRecord(kind="factual", model=lm.name, model_info=lm.provenance.to_dict(), task="factual",
-                      params=asdict(rep.config), seeds=rep.config.seed, duration_s=sum(rep.timings.values()),
-                      group_id=group_id),
-            scores=rep.scores, inputs=rep.inputs,
-            artifacts={"summary": _jsonable(rep.summary()), "mitigation": mit or {}})
-    rep.run_id = run_id
-    return run_id
 
 
 def _jsonable(x: Any) -> Any:

@@ -1,9 +1,10 @@
-"""CHG and contrastive CHG end to end: data -> fit -> validation -> atlas (one transaction).
+"""CHG and contrastive CHG end to end: data -> fit -> validation -> one atlas run.
 
 ```python
-from headmine.pipeline.gating import gate_model, write_gate
+from headmine.atlas import write_job
+from headmine.pipeline.gating import gate_model
 report = gate_model(lm, data, CHGConfig.preset_for("quick"), prompts=prompt_set)   # prompt_set: optional
-run_id = write_gate(report, "atlas.db")
+run_id = write_job(report, "atlas.db")
 ```
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from headmine.atlas import AtlasRun, InputRow, JobResult, LabelRow, RunRecord, ScoreRow, utc_now
+from headmine.atlas.artifacts import chg_artifacts, curve_artifacts, make_targeted_ablation
+from headmine.causal.activation_patching import activation_patching
 from headmine.causal.contrastive_gating import ContrastConfig, ContrastResult, fit_contrastive, token_accuracy
 from headmine.causal.head_gating import (
     LABELS,
@@ -30,6 +33,7 @@ from headmine.causal.head_gating import (
     patching_agreement,
     targeted_ablation,
 )
+from headmine.causal.metrics import AnswerMetric
 from headmine.core.errors import InputError
 from headmine.models.loading import LoadedModel
 
@@ -37,8 +41,11 @@ QUICK_KS = (1, 4, 16, 64)
 
 
 @dataclass
-class GateReport:
-    """A CHG run with its validation: ``ablation[name]`` = delta per k (``ks``), ``agreement`` = Welch test."""
+class GateReport(JobResult):
+    """A CHG run with its validation: ``ablation[name]`` = delta per k (``ks``), ``agreement`` = Welch test.
+
+    Written as one ``chg`` run: scores, labels, inputs, G/G+/G-/F/N/I per seed, curves, validation.
+    """
 
     model: str
     model_info: dict[str, Any]
@@ -52,14 +59,31 @@ class GateReport:
     started_at: str | None = None
     duration_s: float = 0.0
 
+    def to_atlas(self, *, group_id: str | None = None) -> AtlasRun:
+        res = self.result
+        scores = {name: getattr(res, name).numpy() for name in ("G", "G_plus", "G_minus", "F", "N", "I")}
+        artifacts: dict[str, Any] = chg_artifacts(scores, res.label_codes().numpy(), LABELS)
+        artifacts.update(curve_artifacts(res.curves))
+        artifacts["summary"] = {"shares": res.shares(), "seed_agreement": res.seed_agreement(), "status": res.status,
+                                "message": res.message, "updates_done": res.updates_done, "fit_s": res.duration_s}
+        if self.ablation:
+            artifacts["targeted_ablation"] = make_targeted_ablation(self.ks, self.ablation)
+        if self.agreement is not None:
+            artifacts["patching_agreement"] = self.agreement
+        if self.patching_effects is not None:
+            artifacts["patching_effects"] = self.patching_effects.numpy().astype(np.float32)
+        record = RunRecord(kind="chg", model=self.model, model_info=self.model_info, task=self.task,
+                           params={**res.config.to_dict(), "data": self.data.source, "rows": len(self.data)},
+                           seeds=res.seeds, started_at=self.started_at, duration_s=self.duration_s,
+                           status=res.status, group_id=group_id, notes=res.message)
+        return AtlasRun(record=record, scores=chg_score_rows(res), labels=chg_label_rows(res),
+                        inputs=gating_input_rows(self.data, "train"), artifacts=artifacts)
+
 
 def patching_effects(lm: LoadedModel, prompts: Any, *, max_rows: int = 256) -> torch.Tensor:
     """Per-head denoising activation patching [L, H] (``causal.activation_patching``): the corrupted run
     with one head's z taken from the clean run (all positions); mean change of the task metric over prompts
     (the paper's CMA: recovery of the clean behaviour)."""
-    from headmine.causal.activation_patching import activation_patching
-    from headmine.causal.metrics import AnswerMetric
-
     if not prompts.has_corrupted:
         raise InputError(f"task {prompts.task!r} has no corrupted prompts", "agreement needs clean/corrupted pairs")
     clean, corr = prompts.clean_batch(), prompts.corrupted_batch()
@@ -74,14 +98,12 @@ def gate_model(lm: LoadedModel, data: GatingData, config: CHGConfig | None = Non
                progress: Progress | None = None) -> GateReport:
     """Fit CHG, run the targeted-ablation check on seed 0 and, when ``prompts`` (a PromptSet) has
     clean/corrupted pairs, the agreement with activation patching (Welch t-test on max-over-seeds F)."""
-    from headmine.atlas import utc_now
-
     cfg = config or CHGConfig()
     started = utc_now()
     t0 = time.perf_counter()
     res = fit_chg(lm, data, cfg, progress=progress)
     g = lm.geometry
-    report = GateReport(model=lm.name, model_info=lm.provenance.to_dict(), task=task or data.source, data=data,
+    report = GateReport(model=lm.name, model_info=lm.model_info(), task=task or data.source, data=data,
                         result=res, started_at=started)
     if ablation:
         ks = cfg.ablation_ks or (QUICK_KS if cfg.preset == "quick" else default_ks(g.n_layers * g.n_heads))
@@ -102,9 +124,8 @@ def gate_model(lm: LoadedModel, data: GatingData, config: CHGConfig | None = Non
     return report
 
 
-def _score_rows(res: CHGResult, method: str = "chg") -> list[Any]:
-    from headmine.atlas import ScoreRow
-
+def chg_score_rows(res: CHGResult, method: str = "chg") -> list[ScoreRow]:
+    """Per head: each score's mean over seeds (stderr when K > 1) and the across-seed aggregates."""
     k = res.G.shape[0]
     rows = []
     mats = {"G": res.G, "G_plus": res.G_plus, "G_minus": res.G_minus, "F": res.F, "N": res.N, "I": res.I}
@@ -120,10 +141,8 @@ def _score_rows(res: CHGResult, method: str = "chg") -> list[Any]:
     return rows
 
 
-def _label_rows(res: CHGResult, method: str = "chg") -> list[Any]:
+def chg_label_rows(res: CHGResult, method: str = "chg") -> list[LabelRow]:
     """One label per head: its most frequent per-seed label, noted with the seed count (always / any)."""
-    from headmine.atlas import LabelRow
-
     codes = res.label_codes()
     k = codes.shape[0]
     scores = {0: res.F, 1: res.N, 2: res.I, 3: res.F}
@@ -142,9 +161,8 @@ def _label_rows(res: CHGResult, method: str = "chg") -> list[Any]:
     return out
 
 
-def _input_rows(data: GatingData, role: str) -> list[Any]:
-    from headmine.atlas import InputRow
-
+def gating_input_rows(data: GatingData, role: str) -> list[InputRow]:
+    """The exact token ids of each row, with the positions the loss is on."""
     out = []
     for i in range(len(data)):
         n = int(data.attention_mask[i].sum())
@@ -155,48 +173,11 @@ def _input_rows(data: GatingData, role: str) -> list[Any]:
     return out
 
 
-def _curve_artifacts(curves: dict[str, dict[str, np.ndarray]] | dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for stage, value in curves.items():
-        if isinstance(value, dict):
-            for name, arr in value.items():
-                out[f"{prefix}{stage}/{name}"] = np.asarray(arr, dtype=np.float32)
-        else:
-            out[f"{prefix}{stage}"] = np.asarray(value, dtype=np.float32)
-    return out
-
-
-def write_gate(report: GateReport, atlas_path: str | Path, *, group_id: str | None = None) -> int:
-    """Write one ``chg`` run (scores, labels, inputs, G/G+/G-/F/N/I per seed, curves, validation) atomically."""
-    from headmine.atlas import Atlas, RunRecord
-
-    res = report.result
-    artifacts: dict[str, Any] = {
-        name: getattr(res, attr).numpy().astype(np.float32)
-        for name, attr in (("G", "G"), ("G_plus", "G_plus"), ("G_minus", "G_minus"), ("F", "F"), ("N", "N"), ("I", "I"))
-    }
-    artifacts["labels"] = res.label_codes().numpy().astype(np.int8)
-    artifacts["label_names"] = list(LABELS)
-    artifacts.update(_curve_artifacts(res.curves, "curve/"))
-    artifacts["summary"] = {"shares": res.shares(), "seed_agreement": res.seed_agreement(), "status": res.status,
-                            "message": res.message, "updates_done": res.updates_done, "fit_s": res.duration_s}
-    if report.ablation:
-        artifacts["targeted_ablation"] = {"ks": list(report.ks), **{k: [float(x) for x in v] for k, v in report.ablation.items()}}
-    if report.agreement is not None:
-        artifacts["patching_agreement"] = report.agreement
-    if report.patching_effects is not None:
-        artifacts["patching_effects"] = report.patching_effects.numpy().astype(np.float32)
-    run = RunRecord(kind="chg", model=report.model, model_info=report.model_info, task=report.task,
-                    params={**res.config.to_dict(), "data": report.data.source, "rows": len(report.data)},
-                    seeds=res.seeds, started_at=report.started_at, duration_s=report.duration_s,
-                    status=res.status, group_id=group_id, notes=res.message)
-    with Atlas.open(atlas_path) as db:
-        return db.write_run(run, scores=_score_rows(res), labels=_label_rows(res), inputs=_input_rows(report.data, "train"),
-                            artifacts=artifacts)
-
-
 @dataclass
-class ContrastReport:
+class ContrastReport(JobResult):
+    """A contrastive CHG fit with its accuracies; written as one ``chg_contrast`` run (gate scores,
+    gates per seed, curves, accuracies, both input sets)."""
+
     model: str
     model_info: dict[str, Any]
     retain: GatingData
@@ -206,14 +187,32 @@ class ContrastReport:
     started_at: str | None = None
     duration_s: float = 0.0
 
+    def to_atlas(self, *, group_id: str | None = None) -> AtlasRun:
+        res = self.result
+        k = res.G.shape[0]
+        mean = res.G.mean(0).numpy()
+        scores = [ScoreRow(layer=l_, head=h, method="chg_contrast", metric="G", value=float(v), n=k)
+                  for (l_, h), v in np.ndenumerate(mean)]
+        scores += [ScoreRow(layer=l_, head=h, method="chg_contrast", metric="removed", value=float(1 - v), n=k)
+                   for (l_, h), v in np.ndenumerate(mean)]
+        artifacts: dict[str, Any] = {"G": res.G.numpy().astype(np.float32), "accuracy": self.accuracy,
+                                     "summary": {"status": res.status, "message": res.message,
+                                                 "updates_done": res.updates_done}}
+        artifacts.update(curve_artifacts(res.curves))
+        record = RunRecord(kind="chg_contrast", model=self.model, model_info=self.model_info,
+                           task=f"retain={self.retain.source};forget={self.forget.source}",
+                           params={**res.config.to_dict(), "rows": len(self.retain)},
+                           seeds=[res.config.seed + i for i in range(k)], started_at=self.started_at,
+                           duration_s=self.duration_s, status=res.status, group_id=group_id, notes=res.message)
+        inputs = gating_input_rows(self.retain, "retain") + gating_input_rows(self.forget, "forget")
+        return AtlasRun(record=record, scores=scores, inputs=inputs, artifacts=artifacts)
+
 
 def contrast_model(lm: LoadedModel, retain: GatingData, forget: GatingData, config: ContrastConfig | None = None, *,
                    eval_retain: GatingData | None = None, eval_forget: GatingData | None = None,
                    progress: Progress | None = None) -> ContrastReport:
     """Fit contrastive CHG and measure mean per-problem token accuracy on both formats (held-out rows when
     given, else the training rows) with and without the gates (seed 0)."""
-    from headmine.atlas import utc_now
-
     started = utc_now()
     t0 = time.perf_counter()
     res = fit_contrastive(lm, retain, forget, config, progress=progress)
@@ -223,29 +222,5 @@ def contrast_model(lm: LoadedModel, retain: GatingData, forget: GatingData, conf
         "retain_before": float(token_accuracy(lm, er).mean()), "retain_after": float(token_accuracy(lm, er, gates).mean()),
         "forget_before": float(token_accuracy(lm, ef).mean()), "forget_after": float(token_accuracy(lm, ef, gates).mean()),
     }
-    return ContrastReport(model=lm.name, model_info=lm.provenance.to_dict(), retain=retain, forget=forget, result=res,
+    return ContrastReport(model=lm.name, model_info=lm.model_info(), retain=retain, forget=forget, result=res,
                           accuracy=acc, started_at=started, duration_s=time.perf_counter() - t0)
-
-
-def write_contrast(report: ContrastReport, atlas_path: str | Path, *, group_id: str | None = None) -> int:
-    """Write one ``chg_contrast`` run: gate scores, gates per seed, curves, accuracies, both input sets."""
-    from headmine.atlas import Atlas, RunRecord, ScoreRow
-
-    res = report.result
-    k = res.G.shape[0]
-    mean = res.G.mean(0).numpy()
-    scores = [ScoreRow(layer=l_, head=h, method="chg_contrast", metric="G", value=float(v), n=k)
-              for (l_, h), v in np.ndenumerate(mean)]
-    scores += [ScoreRow(layer=l_, head=h, method="chg_contrast", metric="removed", value=float(1 - v), n=k)
-               for (l_, h), v in np.ndenumerate(mean)]
-    artifacts: dict[str, Any] = {"G": res.G.numpy().astype(np.float32), "accuracy": report.accuracy,
-                                 "summary": {"status": res.status, "message": res.message, "updates_done": res.updates_done}}
-    artifacts.update(_curve_artifacts(res.curves, "curve/"))
-    run = RunRecord(kind="chg_contrast", model=report.model, model_info=report.model_info,
-                    task=f"retain={report.retain.source};forget={report.forget.source}",
-                    params={**res.config.to_dict(), "rows": len(report.retain)}, seeds=[res.config.seed + i for i in range(k)],
-                    started_at=report.started_at, duration_s=report.duration_s, status=res.status, group_id=group_id,
-                    notes=res.message)
-    with Atlas.open(atlas_path) as db:
-        return db.write_run(run, scores=scores, inputs=_input_rows(report.retain, "retain") + _input_rows(report.forget, "forget"),
-                            artifacts=artifacts)
