@@ -102,6 +102,8 @@ def test_a_method_defined_in_one_file_runs_and_lands_in_the_atlas(toy, tmp_path)
 def test_the_method_is_found_by_name_too(toy):
     run = run_causal(toy, HeadScalingConfig(task="induction", n=2), method="test_head_scaling")
     assert run.method is get_method("test_head_scaling")
+    with pytest.raises(InputError, match="takes a PatchingConfig"):
+        run_causal(toy, HeadScalingConfig(task="induction", n=2), method="patching")
 
 
 def test_builtin_methods_are_registered_with_their_own_configs():

@@ -27,7 +27,7 @@ from headmine.causal.methods import (
     method_for,
 )
 from headmine.causal.metrics import AnswerMetric
-from headmine.core.errors import TaskError
+from headmine.core.errors import InputError, TaskError
 from headmine.models.loading import LoadedModel
 from headmine.tasks import TASKS, PromptItem, load_task
 
@@ -67,7 +67,11 @@ def resolve_method(config: MethodConfig, method: str | CausalMethod[Any] | None 
     """The method named by ``method`` (a name or the object), else the one whose config class ``config`` is."""
     if method is None:
         return method_for(config)
-    return get_method(method) if isinstance(method, str) else method
+    m = get_method(method) if isinstance(method, str) else method
+    if not isinstance(config, m.config_cls):
+        raise InputError(f"{m.name} takes a {m.config_cls.__name__}, not a {type(config).__name__}",
+                         f"build the config with get_method({m.name!r}).config(...)")
+    return m
 
 
 def _item_name(item: PromptItem, i: int) -> str:
