@@ -7,13 +7,18 @@ dataclass keeps the ones it declares (see ``_config``), so no command branches p
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import typer
 from rich.table import Table
 
 from headmine.cli.common import console, friendly_errors, load_with_status
+
+if TYPE_CHECKING:  # the pipeline (torch) loads only when a command runs
+    from headmine.causal.logit_lens import LensResult
+    from headmine.causal.methods import CausalMethod, MethodConfig
+    from headmine.pipeline.causal import CausalRun
 
 TASK_HELP = "ioi, factual, successor, arithmetic, agreement, induction, or a path to a JSONL file"
 
@@ -47,7 +52,7 @@ def top_heads(matrix: np.ndarray, k: int) -> list[tuple[int, int, float]]:
     return [(i // arr.shape[1], i % arr.shape[1], float(arr.ravel()[i])) for i in order]
 
 
-def _finish(run: Any, atlas: str | None, html: str | None, top: int, title: str) -> None:
+def _finish(run: CausalRun, atlas: str | None, html: str | None, top: int, title: str) -> None:
     arts = run.result.artifacts()
     base = arts.get("baseline")
     kind = run.inputs.metric.kind
@@ -79,7 +84,7 @@ def _finish(run: Any, atlas: str | None, html: str | None, top: int, title: str)
     console.print(f"[dim]{run.duration_s:.1f} s[/]")
 
 
-def _lens_table(res: Any, metric_kind: str, title: str) -> Table:
+def _lens_table(res: LensResult, metric_kind: str, title: str) -> Table:
     table = Table(title=title)
     for col in ("after", "p(target)", "rank (mean)", "rank (median)", metric_kind):
         table.add_column(col, justify="right")
@@ -90,13 +95,13 @@ def _lens_table(res: Any, metric_kind: str, title: str) -> Table:
     return table
 
 
-def _config(method: Any, options: dict[str, Any]) -> Any:
+def _config(method: CausalMethod[Any], options: dict[str, Any]) -> MethodConfig:
     """The method's own config from the command's options: those its dataclass declares (None = its default)."""
     declared = {f.name for f in fields(method.config_cls)}
     return method.config(**{k: v for k, v in options.items() if k in declared and v is not None})
 
 
-def _run(model: str, method_name: str, **options: Any) -> Any:
+def _run(model: str, method_name: str, **options: Any) -> CausalRun:
     from headmine.causal.methods import get_method
     from headmine.pipeline.causal import run_causal
 
@@ -183,5 +188,5 @@ def register(app: typer.Typer) -> None:
         """Logit lens: the answer's probability and rank after every layer."""
         run = _run(model, "logit_lens", task=task, n=n, seed=seed, metric=metric)
         title = f"logit lens, {task}"
-        console.print(_lens_table(run.result, run.inputs.metric.kind, title))
+        console.print(_lens_table(cast("LensResult", run.result), run.inputs.metric.kind, title))
         _finish(run, atlas, None, 0, title)
