@@ -56,7 +56,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List the survey's head types (stage, function, detectors) and the papers behind them."""
         from headmine.atlas import Atlas
+        from headmine.detectors import DETECTORS
 
+        DETECTORS.names()  # registers the built-in and plugin detectors: their files declare their head types
         if atlas is not None:
             with Atlas.open(atlas, readonly=True) as db:
                 _print_catalog(db, head_type, stage, search)

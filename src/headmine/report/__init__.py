@@ -6,14 +6,9 @@ files = build_report("atlas.db", "headmine-out/report")   # index.html + one pag
 ```
 """
 
+from headmine.atlas.artifacts import ARTIFACT_CONVENTIONS, make_attn_examples, parse_attn_examples
 from headmine.report.build import MANIFEST, ReportFiles, build_report, slug
-from headmine.report.data import (
-    ARTIFACT_CONVENTIONS,
-    ModelData,
-    load_model_data,
-    make_attn_examples,
-    parse_attn_examples,
-)
+from headmine.report.data import ModelData, load_model_data
 from headmine.report.render import script_json
 
 __all__ = [

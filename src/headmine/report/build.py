@@ -20,8 +20,10 @@ from typing import Any
 from headmine.atlas import utc_now
 from headmine.core.errors import InputError
 from headmine.report.compare import CompareData, compare_models, compare_runs
-from headmine.report.data import STAGE_CODES, ModelData, load_model_data, open_atlas, require_model
+from headmine.report.data import ModelData, load_model_data
+from headmine.report.labels import STAGE_CODES
 from headmine.report.render import render
+from headmine.report.runs import open_atlas, require_model
 
 MANIFEST = ".headmine-report.json"
 

@@ -8,16 +8,11 @@ from typing import Any
 import numpy as np
 
 from headmine.atlas import Atlas
+from headmine.atlas.artifacts import finite
 from headmine.core.errors import InputError
-from headmine.report.data import (
-    ModelData,
-    Series,
-    finite,
-    head_id,
-    load_model_data,
-    rank_agreement,
-    require_model,
-)
+from headmine.report.data import ModelData, load_model_data
+from headmine.report.runs import require_model
+from headmine.report.series import Series, head_id, rank_agreement
 
 
 @dataclass
