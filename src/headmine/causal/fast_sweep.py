@@ -3,8 +3,8 @@
 An intervention on a head of layer ``l`` leaves layers ``< l`` untouched. ``PrefixCache`` runs the
 clean batch once, keeping each decoder layer's input residual and the exact call arguments the model
 passed to it (attention mask, rotary position embeddings, ...). ``PrefixCache.run_from(l, ...)``
-then calls layers ``l..L-1`` directly, followed by the final norm and the unembedding *at the
-prediction positions only*. Many variants (one per head, per head and position, ...) are stacked
+then calls layers ``l..L-1`` directly, followed by the adapter's readout (final norm, unembedding,
+soft-cap) *at the prediction positions only*. Many variants (one per head, per head and position, ...) are stacked
 along the batch axis (variant-major: row ``v * B + b``) and run together.
 
 Variants are applied with ``RowwiseReplace``, an ``Intervention`` of the one engine
@@ -58,25 +58,6 @@ class RowwiseReplace(Intervention):
 
 
 # --------------------------------------------------------------------------- the prefix cache
-def unembedding_module(loaded: LoadedModel) -> torch.nn.Module:
-    """The unembedding (lm head); falls back to HF's ``get_output_embeddings`` when the adapter's path
-    is stale (e.g. GPT-NeoX's ``embed_out`` became ``lm_head`` in transformers 5)."""
-    try:
-        mod = loaded.adapter.unembedding()
-    except AttributeError:
-        mod = None
-    if mod is None:
-        mod = loaded.model.get_output_embeddings() if hasattr(loaded.model, "get_output_embeddings") else None
-    if mod is None:
-        raise InputError(f"{loaded.name} has no unembedding; this method needs a causal LM")
-    return mod
-
-
-def unembedding_matrix(loaded: LoadedModel) -> torch.Tensor:
-    """W_U [d_model, vocab]."""
-    return unembedding_module(loaded).weight.T
-
-
 def _expand(obj: Any, b: int, k: int) -> Any:
     """Stack ``k`` copies of every batch-shaped tensor (dim >= 2, leading size ``b``) in ``obj``."""
     if isinstance(obj, torch.Tensor):
@@ -103,7 +84,8 @@ class PrefixCache:
 
     def __init__(self, loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
         g = loaded.geometry
-        self.lm_head = unembedding_module(loaded)
+        if loaded.adapter.unembedding() is None:
+            raise InputError(f"{loaded.name} has no unembedding; this method needs a causal LM")
         loaded.check_length(input_ids.shape[-1])
         self.loaded = loaded
         self.input_ids = input_ids.to(loaded.device)
@@ -136,17 +118,9 @@ class PrefixCache:
         return out[0] if isinstance(out, tuple) else out
 
     def unembed(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Final norm + unembedding of ``hidden`` [R, T, D] at per-row ``positions`` [R] -> [R, V]."""
-        a = self.loaded.adapter
+        """Final norm + unembedding (+ soft-cap) of ``hidden`` [R, T, D] at per-row ``positions`` [R] -> [R, V]."""
         x = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions.to(hidden.device)]
-        norm = a.final_norm()
-        if norm is not None:
-            x = norm(x[:, None])[:, 0]
-        logits = self.lm_head(x)
-        cap = getattr(self.loaded.model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return self.loaded.adapter.readout(x[:, None])[:, 0]
 
     def run_from(
         self,

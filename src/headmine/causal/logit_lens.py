@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from headmine.capture import CaptureSpec, run_capture
-from headmine.causal.fast_sweep import unembedding_module
 from headmine.causal.methods import CausalInputs, CausalMethod, MethodConfig, register_method
 from headmine.causal.metrics import AnswerMetric
 from headmine.core.ids import Site
@@ -60,12 +59,8 @@ class LensResult:
 
 
 def lens_logits(loaded: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
-    """Final norm (if any) + unembedding of residual vectors [..., D] -> logits [..., V]."""
-    norm = loaded.adapter.final_norm()
-    x = resid if norm is None else norm(resid)
-    logits = unembedding_module(loaded)(x)
-    cap = getattr(loaded.model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    """Final norm (if any), unembedding and soft-cap (if any) of residual vectors [..., D] -> logits [..., V]."""
+    return loaded.adapter.readout(resid)
 
 
 def logit_lens(

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from headmine.capture import CaptureSpec, run_capture
 from headmine.capture.hooks import count_hooks
@@ -59,19 +58,17 @@ def check_hooks_removed(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) 
 
 
 def check_zero_equals_weight_surgery(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> CheckResult:
-    g, worst = lm.geometry, 0.0
+    worst = 0.0
     for head in _sample_heads(lm):
         ablated = run_with_interventions(lm, ids, mask, [Zero(heads=(head,))])
-        proj = lm.adapter.out_proj(head.layer)
-        in_axis = 1 if isinstance(proj, nn.Linear) else 0  # GPT-2's Conv1D stores [in, out]
-        cols = slice(head.head * g.d_head, (head.head + 1) * g.d_head)
-        saved = proj.weight.detach().clone()
+        entries = lm.adapter.out_proj_head_weight(head.layer, head.head)  # a view into the raw weight
+        saved = entries.detach().clone()
         with torch.no_grad():
-            proj.weight.narrow(in_axis, cols.start, g.d_head).zero_()
+            entries.zero_()
             try:
                 surgery = lm.forward(ids, mask)
             finally:
-                proj.weight.copy_(saved)
+                entries.copy_(saved)
         worst = max(worst, (ablated - surgery).abs().max().item())
     return CheckResult("zeroing z_h equals zeroing W_O[h]", worst < 1e-4, worst, "max |logit difference| over sampled heads")
 

@@ -10,12 +10,16 @@ optional. :func:`check_fact_batch` validates this and raises :class:`TaskError` 
 Readout ("logit lens"): :func:`headmine.causal.logit_lens.lens_logits` (the model's own final norm
 and unembedding, then Gemma-style soft-capping), so the layer ``n_layers`` readout equals the logits.
 
+Decoding: :func:`decode_direction` reads a residual direction through the final norm's gain (with
+the mean removed on LayerNorm models) and the unembedding; :func:`final_scale` is what the final norm
+divides a run's residual by. Both come from the adapter's :class:`~headmine.models.norms.NormSpec`.
+
 Written contributions. Llama-style blocks add ``attn_out`` and ``mlp_out`` to the residual stream
-as they are. Gemma 2/3 blocks pass both through an RMSNorm first ("sandwich" norms:
-``post_attention_layernorm`` / ``post_feedforward_layernorm``, recognised by the presence of
-``pre_feedforward_layernorm``). :func:`written_attn` / :func:`written_mlp` return what really enters
-the residual stream; per-head contributions are linearised with the norm scale of the whole block
-output (they sum exactly to the block's contribution when the projection has no bias).
+as they are. Gemma 2/3 blocks pass both through an RMSNorm first ("sandwich" norms, declared by the
+adapter's ``attn_post_norm`` / ``mlp_post_norm``). :func:`written_attn` / :func:`written_mlp`
+return what really enters the residual stream; per-head contributions are linearised with the norm
+scale of the whole block output (they sum exactly to the block's contribution when the projection
+has no bias).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
 
 from headmine.core.errors import TaskError
 from headmine.models.loading import LoadedModel
@@ -63,79 +66,51 @@ def rows_at(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- readout
 # the logit lens readout itself is headmine.causal.logit_lens.lens_logits (final norm + unembedding + soft-cap)
-def _gain(norm: nn.Module | None, d_model: int, like: torch.Tensor) -> torch.Tensor:
-    """Per-dimension gain of an RMSNorm-like module (its output on an all-ones vector)."""
-    if norm is None:
-        return torch.ones(d_model, dtype=like.dtype, device=like.device)
-    with torch.no_grad():
-        return norm(torch.ones(1, d_model, dtype=like.dtype, device=like.device))[0]
-
-
-def final_gain(lm: LoadedModel) -> torch.Tensor:
-    w_u = lm.adapter.W_U()
-    return _gain(lm.adapter.final_norm(), w_u.shape[0], w_u)
-
-
 def decode_direction(lm: LoadedModel, v: torch.Tensor) -> torch.Tensor:
-    """Direct logit effect of a residual-stream direction ``v [..., d_model]``: ``(v * final gain) @ W_U``.
+    """Direct logit effect of residual-stream directions ``v [..., d_model]``: ``(centre(v) * final gain) @ W_U``
+    (centring only on LayerNorm models), in ``v``'s dtype.
 
-    Linear (no normalisation by the final RMS): use it for directions and correlations, and divide by
-    the final RMS of a run (:func:`final_rms`) for a linearised direct logit attribution.
+    Linear in ``v`` (no division by the final norm's scale): use it for directions and correlations,
+    and divide by the final scale of a run (:func:`final_scale`) for a linearised direct logit
+    attribution; that equals the final norm's linearisation (scale frozen at the run's residual).
     """
-    return (v * final_gain(lm).to(v.dtype)) @ lm.adapter.W_U().to(v.dtype)
+    spec = lm.adapter.final_norm_spec()
+    x = v if spec is None else spec.direction(v).to(v.dtype)
+    return x @ lm.adapter.W_U().to(v.dtype)
 
 
-def final_rms(resid_final: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RMS of the final residual (the scale the final RMSNorm divides by), [...] from [..., d_model]."""
-    return resid_final.pow(2).mean(-1).add(eps).sqrt()
+def final_scale(lm: LoadedModel, resid_final: torch.Tensor) -> torch.Tensor:
+    """What the final norm divides ``resid_final`` [..., d_model] by, [...] in float32: the RMS (RMSNorm)
+    or the standard deviation (LayerNorm), with the norm's eps; ones without a final norm."""
+    spec = lm.adapter.final_norm_spec()
+    if spec is None:
+        return torch.ones(resid_final.shape[:-1], device=resid_final.device)
+    return spec.scale(resid_final)[..., 0]
 
 
 # --------------------------------------------------------------------------- written contributions
-def _sandwich(lm: LoadedModel, layer: int) -> bool:
-    return hasattr(lm.adapter.layer(layer), "pre_feedforward_layernorm")
-
-
-def attn_post_norm(lm: LoadedModel, layer: int) -> nn.Module | None:
-    """The norm applied to the attention block's output before the residual add (Gemma), else None."""
-    return lm.adapter.layer(layer).post_attention_layernorm if _sandwich(lm, layer) else None
-
-
-def mlp_post_norm(lm: LoadedModel, layer: int) -> nn.Module | None:
-    """The norm applied to the MLP output before the residual add (Gemma), else None."""
-    return lm.adapter.layer(layer).post_feedforward_layernorm if _sandwich(lm, layer) else None
-
-
-def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return x.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
-
-
-def _eps(norm: nn.Module) -> float:
-    return float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
-
-
 def written_attn(lm: LoadedModel, layer: int, attn_out: torch.Tensor) -> torch.Tensor:
     """What the attention block of ``layer`` adds to the residual stream, from its raw output."""
-    norm = attn_post_norm(lm, layer)
+    norm = lm.adapter.attn_post_norm(layer)
     return attn_out if norm is None else norm(attn_out)
 
 
 def written_mlp(lm: LoadedModel, layer: int, mlp_out: torch.Tensor) -> torch.Tensor:
     """What the MLP of ``layer`` adds to the residual stream, from its raw output."""
-    norm = mlp_post_norm(lm, layer)
+    norm = lm.adapter.mlp_post_norm(layer)
     return mlp_out if norm is None else norm(mlp_out)
 
 
 def written_heads(lm: LoadedModel, layer: int, result: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
     """Per-head residual contributions ``[..., head, d_model]`` from ``result`` ``[..., head, d_model]``.
 
-    Under a post-attention norm the head outputs are scaled by ``gain / rms(attn_out)`` (the norm's
+    Under a post-attention norm the head outputs go through that norm linearised at ``attn_out`` (its
     scale on the full block output, frozen): a linearisation that sums to the block's contribution.
     """
-    norm = attn_post_norm(lm, layer)
-    if norm is None:
+    spec = lm.adapter.attn_post_norm_spec(layer)
+    if spec is None:
         return result
-    scale = _gain(norm, result.shape[-1], result) / _rms(attn_out, _eps(norm))
-    return result * scale.unsqueeze(-2)
+    return spec.linearised(attn_out)(result).to(result.dtype)
 
 
 def answer_stats(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -198,8 +173,4 @@ def end_logits(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.T
     """
     lm.check_length(input_ids.shape[-1])
     out = lm.model.base_model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device))
-    h = rows_at(out.last_hidden_state, end_pos)
-    head = lm.adapter.unembedding()
-    logits = head(h) if head is not None else h @ lm.adapter.W_U()
-    cap = getattr(lm.model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    return lm.adapter.unembed(rows_at(out.last_hidden_state, end_pos))

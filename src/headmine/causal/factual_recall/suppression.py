@@ -6,9 +6,9 @@ Measurements (METHODS.md §2.5; the paper's exact procedure is unverified, these
 - Per component (each final-layer head, the final-layer attention as a whole, the final MLP) at the
   prediction position, using what it writes into the residual stream (:mod:`common`):
   ``answer_dlogp`` = log p(answer) of the final logits minus log p(answer) with the component's
-  direct contribution removed (final RMS frozen: a linearised direct effect; negative = the
+  direct contribution removed (final norm's scale frozen: a linearised direct effect; negative = the
   component suppresses the answer); ``answer_dla`` = its centred direct logit on the answer
-  (answer logit minus the vocabulary mean, divided by the final RMS).
+  (answer logit minus the vocabulary mean, divided by the final norm's scale).
 - ``frequency_corr``: Spearman correlation over the vocabulary between the component's mean decoded
   direction and a token-frequency proxy (:func:`token_frequency`). Positive = the component pushes
   the distribution toward frequent, generic tokens, the signature of an anti-overconfidence term.
@@ -28,7 +28,7 @@ from headmine.capture import CaptureSpec, run_capture
 from headmine.causal.factual_recall.common import (
     check_fact_batch,
     decode_direction,
-    final_rms,
+    final_scale,
     sub_batches,
     written_attn,
     written_heads,
@@ -143,7 +143,7 @@ def final_layer_suppression(
             full = torch.log_softmax(lens_logits(lm, resid).float(), -1)  # [b, V]
             rows = torch.arange(len(sub))
             lp_full = full[rows, tgt]
-            scale = final_rms(resid)[:, None, None]
+            scale = final_scale(lm, resid)[:, None, None]
             direct = decode_direction(lm, comps).float() / scale.float()  # [b, C, V] linearised direct logits
             logits_full = lens_logits(lm, resid).float()
             for c in range(len(names)):
