@@ -142,7 +142,7 @@ def test_gqa_heads_are_scored_per_query_head():
     assert not math.isnan(m.sum())
     # query heads that share one KV head still get their own (different) scores
     assert abs(m[0, 0] - m[0, 1]) > 1e-6
-    from headmine.pipeline.scan import circuit_weights
+    from headmine.detectors.weights import circuit_weights
 
     w = circuit_weights(lm)
     assert w.W_K.shape[:2] == (g.n_layers, g.n_heads) and w.W_V.shape[:2] == (g.n_layers, g.n_heads)
