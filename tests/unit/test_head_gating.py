@@ -10,6 +10,7 @@ import torch
 
 from headmine.causal import head_gating as hg
 from headmine.causal.contrastive_gating import ContrastConfig, check_pair, fit_contrastive, token_accuracy
+from headmine.causal.engine import intervening
 from headmine.causal.head_gating import (
     CHGConfig,
     fit_chg,
@@ -20,6 +21,8 @@ from headmine.causal.head_gating import (
     targeted_ablation,
     token_data,
 )
+from headmine.causal.head_gating import fit as hg_fit
+from headmine.causal.interventions import Gate
 from headmine.core.errors import InputError
 from tests.tiny_models import VOCAB, tiny_model
 
@@ -51,7 +54,7 @@ def test_all_ones_gates_reproduce_plain_loss_exactly(lm, data):
         ungated = gated_logprob(lm, ids, att, lmask, None)[0]
         one = gated_logprob(lm, ids, att, lmask, torch.ones(3, 4))
         many = gated_logprob(lm, ids, att, lmask, torch.ones(3, 3, 4))
-        with hg.intervening(lm, [hg.Gate(factors=torch.ones(3, 4))]):
+        with intervening(lm, [Gate(factors=torch.ones(3, 4))]):
             gated_logits = lm.model(input_ids=ids, attention_mask=att).logits
         plain_logits = lm.model(input_ids=ids, attention_mask=att).logits
     assert torch.equal(gated_logits, plain_logits)
@@ -120,7 +123,7 @@ def test_targeted_ablation_zero_at_k0_and_consistent(lm, data):
 
 
 def test_nan_loss_stops_with_last_good_gates(lm, data, monkeypatch):
-    real = hg.gated_logprob
+    real = hg_fit.gated_logprob
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -128,7 +131,7 @@ def test_nan_loss_stops_with_last_good_gates(lm, data, monkeypatch):
         out = real(*args, **kwargs)
         return out * float("nan") if calls["n"] > 3 else out
 
-    monkeypatch.setattr(hg, "gated_logprob", flaky)
+    monkeypatch.setattr(hg_fit, "gated_logprob", flaky)  # the log-probs the fit's loss uses
     cfg = CHGConfig.preset_for("quick", updates=(6, 3, 3), seeds=1, batch_size=4, micro_batch=8)
     res = fit_chg(lm, data, cfg)
     assert res.status == "stopped" and "non-finite" in (res.message or "")

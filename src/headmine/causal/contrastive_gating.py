@@ -29,14 +29,15 @@ import torch
 
 from headmine.causal.engine import intervening
 from headmine.causal.head_gating import (
+    Batches,
     GatingData,
     LossFn,
     Progress,
-    _Batches,
     fit_stage,
     from_preset,
     gated_logprob,
     init_logits,
+    load_data_file,
     prompt_target_data,
 )
 from headmine.causal.interventions import Gate
@@ -162,7 +163,7 @@ def fit_contrastive(lm: LoadedModel, retain: GatingData, forget: GatingData, con
     start = time.perf_counter()
     theta0 = init_logits(cfg.seeds, g.n_layers, g.n_heads, seed=cfg.seed, init_range=cfg.init_range)
     res = fit_stage(contrast_loss_fn(lm, retain, forget, cfg), theta0, updates=cfg.updates, lr=cfg.lr,
-                    grad_clip=cfg.grad_clip, batches=_Batches(len(retain), cfg.batch_size, cfg.data_seed + 7),
+                    grad_clip=cfg.grad_clip, batches=Batches(len(retain), cfg.batch_size, cfg.data_seed + 7),
                     stage="contrast", progress=progress)
     return ContrastResult(G=torch.sigmoid(res.theta), config=cfg, curves=res.curves,
                           status="stopped" if res.stopped else "complete", message=res.stopped,
@@ -237,8 +238,6 @@ def builtin_contrast_pair(lm: LoadedModel, *, forget: str = "instruction", split
 def load_pair_files(lm: LoadedModel, retain: str | Path, forget: str | Path, *, limit: int | None = None
                     ) -> tuple[GatingData, GatingData]:
     """Retain / forget JSONL (or text) files, checked to pair row by row."""
-    from headmine.causal.head_gating import load_data_file
-
     r, f = load_data_file(lm, retain, limit=limit), load_data_file(lm, forget, limit=limit)
     check_pair(r, f)
     return r, f

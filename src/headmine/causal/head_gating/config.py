@@ -1,0 +1,74 @@
+"""CHG hyper-parameters: :class:`CHGConfig`, its presets, and the preset-with-overrides helper
+shared with contrastive CHG."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from headmine.core.errors import InputError
+
+
+@dataclass(frozen=True, kw_only=True)
+class CHGConfig:
+    """Every hyper-parameter of a CHG fit. Build with :meth:`preset` and override any field.
+
+    ``updates`` and ``lrs`` hold one entry per stage (lam = 0, G+, G-); a learning rate decays
+    linearly from ``lrs[i][0]`` to ``lrs[i][1]`` over the stage. ``micro_batch`` bounds the rows
+    (times seeds) of one forward pass (gradient accumulation); ``eval_rows`` bounds the rows used by
+    the targeted-ablation check.
+    """
+
+    preset: str = "paper"
+    updates: tuple[int, int, int] = (500, 500, 500)
+    lrs: tuple[tuple[float, float], ...] = ((0.1, 0.01), (0.5, 0.1), (0.5, 0.1))
+    lam: float = 0.1
+    clamp: float = 4.0
+    batch_size: int = 64
+    micro_batch: int = 64
+    grad_clip: float = 1.0
+    seeds: int = 10
+    seed: int = 0
+    data_seed: int = 0
+    init_range: tuple[float, float] = (0.0, 1.0)
+    threshold: float = 0.5
+    eval_rows: int = 64
+    ablation_ks: tuple[int, ...] = ()
+
+    @classmethod
+    def preset_for(cls, name: str = "paper", **overrides: Any) -> CHGConfig:
+        """``"paper"`` (appendix 6.2: 3 x 500 updates, batch 64, lr 0.1->0.01 then 0.5->0.1, 10 seeds) or
+        ``"quick"`` (CPU: 3 x 20 updates, batch 8, higher learning rates, 2 seeds)."""
+        return from_preset(PRESETS, name, "CHG", overrides)
+
+    def __post_init__(self) -> None:
+        if len(self.updates) != 3 or len(self.lrs) != 3:
+            raise InputError("CHG needs 3 stages: updates and lrs must have 3 entries each", "(lam=0, G+, G-)")
+        if min(self.updates) < 0 or self.batch_size < 1 or self.micro_batch < 1 or self.seeds < 1:
+            raise InputError("updates must be >= 0 and batch_size, micro_batch, seeds >= 1",
+                             f"got updates={self.updates}, batch_size={self.batch_size}, seeds={self.seeds}")
+        if any(lr <= 0 or end <= 0 for lr, end in self.lrs):
+            raise InputError(f"learning rates must be > 0, got {self.lrs}", "e.g. lrs=((0.1, 0.01), (0.5, 0.1), (0.5, 0.1))")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, CHGConfig] = {
+    "paper": CHGConfig(),
+    "quick": CHGConfig(preset="quick", updates=(20, 20, 20), lrs=((0.5, 0.1), (0.5, 0.1), (0.5, 0.1)),
+                       batch_size=8, micro_batch=16, seeds=2, eval_rows=16),
+}
+
+
+
+def from_preset(presets: dict[str, Any], name: str, kind: str, overrides: dict[str, Any]) -> Any:
+    """``presets[name]`` with ``overrides`` (None values ignored); unknown names and options are errors."""
+    if name not in presets:
+        raise InputError(f"unknown {kind} preset {name!r}", f"use one of {sorted(presets)}")
+    base = presets[name]
+    known = {f.name for f in fields(base)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise InputError(f"unknown {kind} option(s) {bad}", f"valid options: {sorted(known)}")
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,102 @@
+"""Fitted CHG gates (:class:`CHGResult`) and the per-head labels derived from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from headmine.causal.head_gating.config import CHGConfig
+
+LABELS = ("facilitating", "interfering", "irrelevant", "inconsistent", "unclassified")
+
+@dataclass
+class CHGResult:
+    """Fitted gates of K seeds, [K, L, H] each, with training curves.
+
+    ``curves[stage][name]`` is float array [updates_done, K] for name in ("loss", "nll", "reg");
+    stages are "G" (lam = 0), "G+" and "G-". ``status`` is "complete" or "stopped" (a non-finite loss:
+    the gates are the last good ones, ``message`` says where).
+    """
+
+    G: torch.Tensor
+    G_plus: torch.Tensor
+    G_minus: torch.Tensor
+    config: CHGConfig
+    curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    status: str = "complete"
+    message: str | None = None
+    seeds: list[int] = field(default_factory=list)
+    duration_s: float = 0.0
+    updates_done: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def F(self) -> torch.Tensor:
+        """Facilitation, G-: [K, L, H]."""
+        return self.G_minus
+
+    @property
+    def N(self) -> torch.Tensor:
+        """Interference, 1 - G+: [K, L, H]."""
+        return 1 - self.G_plus
+
+    @property
+    def I(self) -> torch.Tensor:  # noqa: E743
+        """Irrelevance, G+ (1 - G-): [K, L, H]."""
+        return self.G_plus * (1 - self.G_minus)
+
+    def label_codes(self) -> torch.Tensor:
+        """LongTensor [K, L, H] indexing :data:`LABELS` per seed (threshold from the config)."""
+        return label_codes(self.G_plus, self.G_minus, self.config.threshold)
+
+    def aggregate(self) -> dict[str, torch.Tensor]:
+        """Across seeds, [L, H] each: ``{F,N,I}_always`` / ``_any`` (fraction of heads labelled so in all /
+        at least one seed, as bool), ``{F,N,I}_max`` / ``_mean`` (score max / mean over seeds)."""
+        codes = self.label_codes()
+        out: dict[str, torch.Tensor] = {}
+        for name, idx, score in (("F", 0, self.F), ("N", 1, self.N), ("I", 2, self.I)):
+            hit = codes == idx
+            out[f"{name}_always"] = hit.all(0)
+            out[f"{name}_any"] = hit.any(0)
+            out[f"{name}_max"] = score.max(0).values
+            out[f"{name}_mean"] = score.mean(0)
+        return out
+
+    def shares(self) -> dict[str, float]:
+        """Fractions of heads per label (pooled over seeds) and per always/any aggregate."""
+        codes = self.label_codes()
+        out = {f"{lab}": float((codes == i).float().mean()) for i, lab in enumerate(LABELS)}
+        agg = self.aggregate()
+        for name in ("F", "N", "I"):
+            out[f"{name}_always"] = float(agg[f"{name}_always"].float().mean())
+            out[f"{name}_any"] = float(agg[f"{name}_any"].float().mean())
+        return out
+
+    def seed_agreement(self) -> dict[str, float]:
+        """Mean pairwise agreement between seeds: Pearson r of F, N, I and the fraction of equal labels."""
+        k = self.G_plus.shape[0]
+        if k < 2:
+            return {}
+        codes = self.label_codes().flatten(1)
+        out: dict[str, float] = {}
+        for name, score in (("F", self.F), ("N", self.N), ("I", self.I)):
+            flat = score.flatten(1).double()
+            rs = [float(np.corrcoef(flat[i].numpy(), flat[j].numpy())[0, 1]) for i in range(k) for j in range(i + 1, k)]
+            out[f"{name}_pearson"] = float(np.nanmean(rs))
+        same = [float((codes[i] == codes[j]).float().mean()) for i in range(k) for j in range(i + 1, k)]
+        out["label_agreement"] = float(np.mean(same))
+        return out
+
+
+def label_codes(g_plus: torch.Tensor, g_minus: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Per-head label index into :data:`LABELS`: facilitating (G+ and G- high), interfering (both low),
+    irrelevant (I >= threshold), inconsistent (G+ low, G- high), else unclassified."""
+    hi_p, hi_m = g_plus >= threshold, g_minus >= threshold
+    irr = g_plus * (1 - g_minus) >= threshold
+    codes = torch.full(g_plus.shape, 4, dtype=torch.long)
+    codes[irr] = 2
+    codes[hi_p & hi_m] = 0
+    codes[~hi_p & ~hi_m] = 1
+    codes[~hi_p & hi_m] = 3
+    return codes
