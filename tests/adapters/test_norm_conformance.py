@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import jvp
+from torch.autograd.functional import jvp  # (torch.func.jvp warns from torch.jit in torch 2.13)
 
 from headmine.capture import CaptureSpec, run_capture
 from headmine.causal.direct_logit_attribution import direct_logit_attribution
@@ -138,7 +138,7 @@ def readout_jvp(lm: LoadedModel, x: torch.Tensor, v: torch.Tensor) -> torch.Tens
     """d/dt unembedding(final_norm(x + t v)) at t = 0, through the model's own modules."""
     a = lm.adapter
     norm, unembed = a.final_norm(), a.unembedding()
-    return jvp(lambda r: unembed(r if norm is None else norm(r)), (x,), (v,))[1]
+    return jvp(lambda r: unembed(r if norm is None else norm(r)), x, v)[1]
 
 
 def test_linearised_final_norm_and_decoding_match_the_jacobian(model, record):
