@@ -22,6 +22,7 @@ from headmine.causal.methods import CausalInputs, CausalMethod, MethodConfig, re
 from headmine.causal.metrics import AnswerMetric
 from headmine.core.errors import UnsupportedModelError
 from headmine.core.ids import Site
+from headmine.core.tables import scores_frame
 from headmine.models.loading import LoadedModel
 from headmine.models.norms import LinearisedNorm
 
@@ -79,8 +80,6 @@ class DLAResult:
         return [(int(i) // e.shape[1], int(i) % e.shape[1], float(e.flatten()[i])) for i in order]
 
     def frame(self) -> Any:
-        from headmine.core.tables import scores_frame
-
         n = int(self.total.shape[0])
 
         def stats(v: torch.Tensor) -> tuple[float, float]:

@@ -13,6 +13,7 @@ from headmine.capture import CaptureSpec, run_capture
 from headmine.causal.methods import CausalInputs, CausalMethod, MethodConfig, register_method
 from headmine.causal.metrics import AnswerMetric
 from headmine.core.ids import Site
+from headmine.core.tables import scores_frame
 from headmine.models.loading import LoadedModel
 
 
@@ -43,8 +44,6 @@ class LensResult:
     def frame(self) -> Any:
         """Tidy rows: component ``embed`` (depth 0) and ``layer`` l (after layer l); metrics prob,
         logprob, rank, and the task metric; value = mean over prompts."""
-        from headmine.core.tables import scores_frame
-
         n = int(self.prob.shape[1])
         rows = []
         for depth in range(self.prob.shape[0]):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from headmine.core.errors import TaskError
+from headmine.core.tables import scores_frame
 
 METRIC_KINDS = ("logit_diff", "logit", "answer_logprob", "prob")
 
@@ -180,8 +181,6 @@ class HeadEffects:
     def frame(self) -> Any:
         """Tidy table: one row per head (and position), metric ``delta_<kind>``; plus ``frac_<kind>``
         (the change as a fraction of reference - baseline) when a reference run exists."""
-        from headmine.core.tables import scores_frame
-
         e, se, n = self.effects, self.stderr, int(self.deltas.shape[-1])
         total = None
         if self.reference is not None:

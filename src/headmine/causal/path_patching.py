@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from headmine.capture import CaptureSpec, capturing
+from headmine.capture import CaptureSpec, capturing, run_capture
 from headmine.capture.hooks import HookSpec
 from headmine.causal.ablation import reference_z
 from headmine.causal.activation_patching import check_pairs
@@ -115,8 +115,6 @@ def path_patching(
 
     corr = reference_z(loaded, corrupted_ids, corrupted_mask)
     sites = {Site.Z, Site.MLP_OUT} if freeze_mlps else {Site.Z}
-    from headmine.capture import run_capture
-
     clean = run_capture(loaded, CaptureSpec(sites=frozenset(sites), keep_logits=False), clean_ids, clean_mask)
     sender_z = {
         layer: (z[None] if sender_value == "corrupted" else z.mean(0)[None, None])

@@ -7,18 +7,18 @@ dataclass keeps the ones it declares (see ``_config``), so no command branches p
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import typer
 from rich.table import Table
 
+from headmine.atlas import write_job
+from headmine.causal.logit_lens import LensResult
+from headmine.causal.methods import CausalMethod, MethodConfig, get_method
 from headmine.cli.common import console, friendly_errors, load_with_status
-
-if TYPE_CHECKING:  # the pipeline (torch) loads only when a command runs
-    from headmine.causal.logit_lens import LensResult
-    from headmine.causal.methods import CausalMethod, MethodConfig
-    from headmine.pipeline.causal import CausalRun
+from headmine.pipeline.causal import CausalRun, run_causal
+from headmine.report.heatmap import write_heatmap_html
 
 TASK_HELP = "ioi, factual, successor, arithmetic, agreement, induction, or a path to a JSONL file"
 
@@ -70,15 +70,11 @@ def _finish(run: CausalRun, atlas: str | None, html: str | None, top: int, title
             heads = ", ".join(f"L{layer}H{head} {v:+.3f}" for layer, head, v in top_heads(run.matrix, top))
             console.print(f"top {top} heads by |effect|: {heads}")
     if html:
-        from headmine.report.heatmap import write_heatmap_html
-
         if run.matrix is None:
             console.print("[yellow]no layer x head matrix for this method; no heatmap written[/]")
         else:
             console.print(f"heatmap: {write_heatmap_html(run.matrix, html, title=title)}")
     if atlas:
-        from headmine.atlas import write_job
-
         run_id = write_job(run, atlas)
         console.print(f"atlas: run {run_id} written to {atlas}")
     console.print(f"[dim]{run.duration_s:.1f} s[/]")
@@ -102,9 +98,6 @@ def _config(method: CausalMethod[Any], options: dict[str, Any]) -> MethodConfig:
 
 
 def _run(model: str, method_name: str, **options: Any) -> CausalRun:
-    from headmine.causal.methods import get_method
-    from headmine.pipeline.causal import run_causal
-
     method = get_method(method_name)
     config = _config(method, options)  # validate before the (slow) model load
     lm = load_with_status(model)
@@ -188,5 +181,5 @@ def register(app: typer.Typer) -> None:
         """Logit lens: the answer's probability and rank after every layer."""
         run = _run(model, "logit_lens", task=task, n=n, seed=seed, metric=metric)
         title = f"logit lens, {task}"
-        console.print(_lens_table(cast("LensResult", run.result), run.inputs.metric.kind, title))
+        console.print(_lens_table(cast(LensResult, run.result), run.inputs.metric.kind, title))
         _finish(run, atlas, None, 0, title)

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from headmine.core.errors import InputError
+
 
 @dataclass(frozen=True, order=True)
 class HeadId:
@@ -22,8 +24,6 @@ class HeadId:
         """Parse ``L3H5`` (also ``3.5`` or ``3:5``)."""
         m = re.fullmatch(r"\s*[Ll](\d+)[Hh](\d+)\s*|\s*(\d+)[.:](\d+)\s*", text)
         if not m:
-            from headmine.core.errors import InputError
-
             raise InputError(f"cannot read head {text!r}", "write heads as L<layer>H<head>, e.g. L3H5")
         a, b, c, d = m.groups()
         return cls(int(a if a is not None else c), int(b if b is not None else d))
