@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from headmine.atlas import write_job
+from headmine.causal.methods import get_method
 from headmine.core.errors import InputError, TaskError
 from headmine.models.loading import LoadedModel
+from headmine.pipeline.causal import run_causal
 
 #: progress(stage, done, total): the stage's own progress, as the pipelines report it.
 StageProgress = Callable[[str, int, int], None]
@@ -90,10 +93,6 @@ def _scan(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: Stage
 
 def _toolkit(method: str, task: str, **extra: Any) -> Callable[[LoadedModel, Budget, str, str, StageProgress], int]:
     def run(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
-        from headmine.atlas import write_job
-        from headmine.causal.methods import get_method
-        from headmine.pipeline.causal import run_causal
-
         progress(method, 0, 1)
         result = run_causal(lm, get_method(method).config(task=task, n=budget.toolkit_n, **extra))
         progress(method, 1, 1)
