@@ -28,6 +28,7 @@ def _check(rep, lm, tmp_path) -> None:
     run_id = write_job(rep, tmp_path / "atlas.db")
     with Atlas.open(tmp_path / "atlas.db") as db:
         assert db.run(run_id).kind == "factual"
+        assert db.run(run_id).model_info["geometry"]["n_layers"] == g.n_layers
         assert len(db.inputs(run_id)) == len(rep.inputs)
         assert db.artifact(run_id, "summary")["mitigation"]["mitigation"] == rep.chosen.name
         scores = db.scores(run_id=run_id)
