@@ -117,7 +117,7 @@ class CausalMethod(ABC, Generic[C]):
         """Compute the method's result in memory (nothing is written)."""
 
 
-METHODS: Registry[CausalMethod[Any]] = Registry("causal method", unknown_error=InputError)
+METHODS: Registry[CausalMethod[Any]] = Registry("causal method", unknown_error=InputError, plugin_group="headmine.methods")
 
 
 def register_method(method: CausalMethod[Any]) -> CausalMethod[Any]:
