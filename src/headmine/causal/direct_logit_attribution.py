@@ -160,8 +160,7 @@ def direct_logit_attribution(
         rest = rest + (tgt - ub[metric.wrong_id] if metric.kind == "logit_diff" else tgt)  # type: ignore[index]
     if a.final_logit_softcap() is not None:  # the cap bends the logits after the linear unembedding
         with torch.no_grad():
-            norm = a.final_norm()
-            uncapped = a.unembedding()(resid_final if norm is None else norm(resid_final))  # type: ignore[misc]
+            uncapped = a.readout(resid_final, softcap=False)
         rest = rest + total.to(rest.device) - metric.from_end_logits(uncapped).to(rest.device)
     rest = rest.cpu()
     return DLAResult(metric=metric.kind, heads=heads, mlp=mlp, attn_bias=bias, embed=embed, rest=rest, total=total)

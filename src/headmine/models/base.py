@@ -231,20 +231,21 @@ class ModelAdapter:
         unembed = self.unembedding()
         return None if unembed is None else getattr(unembed, "bias", None)
 
-    def unembed(self, normed: torch.Tensor) -> torch.Tensor:
-        """Logits [..., vocab] of final-normed hidden states [..., d_model]: unembedding, then soft-cap."""
+    def unembed(self, normed: torch.Tensor, *, softcap: bool = True) -> torch.Tensor:
+        """Logits [..., vocab] of final-normed hidden states [..., d_model]: unembedding, then the
+        soft-cap (unless ``softcap=False``: the logits before it, linear in ``normed``)."""
         unembed = self.unembedding()
         if unembed is None:
             raise UnsupportedModelError(f"{type(self.model).__name__} has no unembedding (it is an encoder)")
         logits = unembed(normed)
-        cap = self.final_logit_softcap()
+        cap = self.final_logit_softcap() if softcap else None
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def readout(self, resid: torch.Tensor) -> torch.Tensor:
+    def readout(self, resid: torch.Tensor, *, softcap: bool = True) -> torch.Tensor:
         """Logits [..., vocab] of residual vectors [..., d_model] (final norm, unembedding, soft-cap), with
         the model's own modules: at the last layer's output this is the model's logits."""
         norm = self.final_norm()
-        return self.unembed(resid if norm is None else norm(resid))
+        return self.unembed(resid if norm is None else norm(resid), softcap=softcap)
 
     def W_U(self) -> torch.Tensor:
         """[d_model, vocab]."""
@@ -286,8 +287,9 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
     if model_type not in ADAPTERS:
         raise UnsupportedModelError(
             f"no headmine adapter for model family {model_type!r}; supported: {', '.join(ADAPTERS.names())}",
-            "add one: copy src/headmine/models/llama.py (separate q/k/v projections) or gpt2.py (fused, "
-            "Conv1D), set the module paths and `families = (\"" + model_type + "\",)`, and import it in "
+            "add one: copy src/headmine/models/llama.py (separate q/k/v projections, RMSNorm) or gpt2.py "
+            "(fused, Conv1D, LayerNorm), set the module paths, the norm conventions (norm_kind, norm_eps_attr, "
+            "attn_norm_name, ...) and `families = (\"" + model_type + "\",)`, and import it in "
             "models/families.py; the conformance suite in tests/adapters then checks it",
         )
     return ADAPTERS.get(model_type)(model)
