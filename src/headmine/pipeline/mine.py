@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from headmine.atlas import write_job
+from headmine.causal.head_gating import CHGConfig, task_data
 from headmine.causal.methods import get_method
 from headmine.core.errors import InputError, TaskError
 from headmine.models.loading import LoadedModel
 from headmine.pipeline.causal import run_causal
+from headmine.pipeline.factual import FactualConfig, run_factual
+from headmine.pipeline.gating import gate_model
 
 #: progress(stage, done, total): the stage's own progress, as the pipelines report it.
 StageProgress = Callable[[str, int, int], None]
@@ -103,10 +106,6 @@ def _toolkit(method: str, task: str, **extra: Any) -> Callable[[LoadedModel, Bud
 
 def _chg(task: str) -> Callable[[LoadedModel, Budget, str, str, StageProgress], int]:
     def run(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
-        from headmine.atlas import write_job
-        from headmine.causal.head_gating import CHGConfig, task_data
-        from headmine.pipeline.gating import gate_model
-
         data, prompts = task_data(lm, task, n=budget.chg_n, seed=0)
         config = CHGConfig.preset_for(budget.chg_preset, seeds=budget.chg_seeds)
         report = gate_model(lm, data, config, task=task, prompts=prompts,
@@ -117,9 +116,6 @@ def _chg(task: str) -> Callable[[LoadedModel, Budget, str, str, StageProgress], 
 
 
 def _factual(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
-    from headmine.atlas import write_job
-    from headmine.pipeline.factual import FactualConfig, run_factual
-
     progress("factual", 0, 1)
     report = run_factual(lm, FactualConfig(n_per_relation=budget.factual_n, shots=budget.factual_shots),
                          log=lambda stage, *_: progress(f"factual: {stage}", 0, 1))
