@@ -51,11 +51,11 @@ def scan_time(lm, detectors, n: int, batch_size: int):
 
 
 def probe_batches(lm, n: int, batch_size: int, seed: int = 0):
-    from headmine.pipeline.scan import build_probe
+    from headmine.tasks import load_probe
 
     out = {}
     for task, params in _probe_params(n).items():
-        probe = build_probe(lm, task, params, seed)
+        probe = load_probe(task, lm.tokenizer, seed=seed, **params)
         out[task] = probe
     pairs = [(b.input_ids, b.attention_mask) for p in out.values() for b in p.split(batch_size)]
     return out, pairs

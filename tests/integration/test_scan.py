@@ -9,8 +9,9 @@ import stat
 import numpy as np
 import pytest
 
+from headmine.atlas import write_job
 from headmine.core.errors import AtlasError, HeadmineError
-from headmine.pipeline.scan import ScanConfig, scan_model, write_scan
+from headmine.pipeline.scan import ScanConfig, scan_model
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def test_atlas_round_trip_and_export(induction_scan, tmp_path):
     from headmine.atlas import Atlas, export_run, read_inputs_export
 
     path = tmp_path / "atlas.db"
-    run_id = write_scan(induction_scan, str(path))
+    run_id = write_job(induction_scan, str(path))
     with Atlas.open(path, readonly=True) as db:
         scores = db.scores(run_id=run_id)
         assert len(scores) == len(induction_scan.scores)
@@ -75,28 +76,28 @@ def test_bad_atlas_paths_leave_nothing_half_written(induction_scan, tmp_path):
     con.commit()
     con.close()
     with pytest.raises(AtlasError):
-        write_scan(induction_scan, str(foreign))
+        write_job(induction_scan, str(foreign))
     text = tmp_path / "notes.txt"
     text.write_text("not a database")
     with pytest.raises(AtlasError):
-        write_scan(induction_scan, str(text))
+        write_job(induction_scan, str(text))
     good = tmp_path / "good.db"
-    write_scan(induction_scan, str(good))
+    write_job(induction_scan, str(good))
     con = sqlite3.connect(good)
     n_scores = con.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
     con.execute("UPDATE meta SET value = '999' WHERE key LIKE '%version%'")
     con.commit()
     con.close()
     with pytest.raises(AtlasError):
-        write_scan(induction_scan, str(good))
+        write_job(induction_scan, str(good))
     ro = tmp_path / "ro.db"
-    write_scan(induction_scan, str(ro))
+    write_job(induction_scan, str(ro))
     os.chmod(ro, stat.S_IRUSR)
     try:
         if os.access(ro, os.W_OK):
             pytest.skip("running as a user that can write read-only files")
         with pytest.raises(AtlasError, match="read-only"):
-            write_scan(induction_scan, str(ro))
+            write_job(induction_scan, str(ro))
     finally:
         os.chmod(ro, stat.S_IRUSR | stat.S_IWUSR)
     con = sqlite3.connect(good)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
+import headmine.capture.run as cap
+import headmine.pipeline.scan as scan
 from headmine.core.errors import InputError, TaskError
-from headmine.pipeline.scan import ScanConfig, build_probe
+from headmine.pipeline.scan import ScanConfig
+from headmine.tasks import PROBES, TokenBatch, load_probe
+from tests.tiny_models import tiny_model
 
 
 class CharTokenizer:
@@ -27,11 +29,11 @@ class CharTokenizer:
 
 
 def test_task_tokens_that_are_not_single_tokens_fail_clearly():
-    lm = SimpleNamespace(tokenizer=CharTokenizer())
+    tok = CharTokenizer()
     with pytest.raises(TaskError, match="single token"):
-        build_probe(lm, "ioi_names", {}, 0)
+        load_probe("ioi_names", tok, seed=0)
     # ordinal sets keep only their single-token runs (digits and letters are single characters here)
-    probe = build_probe(lm, "ordinal_tokens", {}, 0)
+    probe = load_probe("ordinal_tokens", tok, seed=0)
     assert all(len(CharTokenizer().decode([t])) == 1 for t in probe.meta["token_ids"].tolist())
 
 
@@ -41,6 +43,9 @@ def test_scan_config_validation():
     with pytest.raises(InputError, match="unknown probe"):
         ScanConfig(probe_params={"nope": {}})
     assert ScanConfig().params_for("repeated_tokens")["n"] >= 1
+    # every registered probe task is a valid key, with its own defaults under the overrides
+    cfg = ScanConfig(probe_params={"needle": {"n": 1}})
+    assert cfg.params_for("needle") == {**PROBES.get("needle").defaults, "n": 1}
 
 
 def test_cli_rejects_unknown_detector_before_loading():
@@ -55,19 +60,12 @@ def test_cli_rejects_unknown_detector_before_loading():
 
 def test_one_capture_pass_per_probe_task(monkeypatch):
     """Detectors reading the same probe share one forward per batch."""
-    import headmine.pipeline.scan as scan
-    from tests.tiny_models import tiny_model
-
     lm = tiny_model("llama-gqa")
     calls = []
 
-    def fake_probe(lm_, task, params, seed):
-        from headmine.tasks.base import TokenBatch
-
+    def fake_probe(task, tokenizer, **params):
         ids = torch.randint(3, 90, (6, 10))
         return TokenBatch(input_ids=ids, attention_mask=torch.ones_like(ids), task=task)
-
-    import headmine.capture.run as cap
 
     orig = cap.run_capture
 
@@ -75,7 +73,7 @@ def test_one_capture_pass_per_probe_task(monkeypatch):
         calls.append(1)
         return orig(*a, **k)
 
-    monkeypatch.setattr(scan, "build_probe", fake_probe)
+    monkeypatch.setattr(scan, "load_probe", fake_probe)
     monkeypatch.setattr(cap, "run_capture", counting)
     res = scan.scan_model(lm, ScanConfig(detectors=("induction", "duplicate_token", "prefix_matching"), batch_size=3,
                                          causal=False))

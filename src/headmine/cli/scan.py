@@ -9,8 +9,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from headmine.atlas import Atlas, export_run, write_job
+from headmine.catalog import resolve_head_type
 from headmine.cli.common import console, friendly_errors, load_with_status
 from headmine.core.errors import InputError
+from headmine.detectors import resolve_detectors
+from headmine.pipeline.scan import ScanConfig, scan_model
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -35,17 +39,12 @@ def register(app: typer.Typer) -> None:
         top_k: int = typer.Option(None, "--top-k", help="heads ablated per causal check"),
     ) -> None:
         """Run the head detectors (one capture pass per probe task) and print the top heads per type."""
-        from headmine.detectors import resolve_detectors
-        from headmine.pipeline.scan import ScanConfig, scan_model, write_scan
-
         names = _split(detectors)
         resolve_detectors(names)  # unknown names fail before the model loads
         probe_params = {} if n is None else {t: {"n": n} for t in ("repeated_tokens", "natural_text", "ioi")}
         config = ScanConfig(detectors=tuple(names) if names else None, probe_params=probe_params,
                             batch_size=batch_size, seed=seed, causal=causal, top_k=top_k)
         if atlas is not None:  # a bad atlas path fails before the (long) scan
-            from headmine.atlas import Atlas
-
             Atlas.open(atlas).close()
         lm = load_with_status(model)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -75,7 +74,7 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
         if atlas is not None:
-            run_id = write_scan(result, str(atlas))
+            run_id = write_job(result, str(atlas))
             console.print(f"wrote run [bold]{run_id}[/] to {escape(str(atlas))}")
 
     @app.command()
@@ -88,8 +87,6 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(50, "--limit"),
     ) -> None:
         """List labelled heads from an atlas, best first within each head type."""
-        from headmine.atlas import Atlas
-        from headmine.catalog import resolve_head_type
 
         canonical = resolve_head_type(head_type) if head_type else None
         with Atlas.open(atlas, readonly=True) as db:
@@ -118,7 +115,6 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="output file (default run<ID>_<what>.<format>)"),
     ) -> None:
         """Export one run's scores or exact inputs (token ids)."""
-        from headmine.atlas import Atlas, export_run
 
         if what not in ("scores", "inputs"):
             raise InputError(f"cannot export {what!r}", "use --what scores or --what inputs")

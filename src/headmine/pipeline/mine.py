@@ -23,6 +23,7 @@ from headmine.models.loading import LoadedModel
 from headmine.pipeline.causal import run_causal
 from headmine.pipeline.factual import FactualConfig, run_factual
 from headmine.pipeline.gating import gate_model
+from headmine.pipeline.scan import ScanConfig, scan_model
 
 #: progress(stage, done, total): the stage's own progress, as the pipelines report it.
 StageProgress = Callable[[str, int, int], None]
@@ -87,11 +88,9 @@ def group_id_for(lm: LoadedModel, budget: Budget, *, fresh: bool = False) -> str
 
 # ---- stages -----------------------------------------------------------------------------------
 def _scan(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
-    from headmine.pipeline.scan import ScanConfig, scan_model, write_scan
-
     config = ScanConfig(batch_size=budget.scan_batch, causal_n=budget.causal_n)
     result = scan_model(lm, config, progress=progress)
-    return write_scan(result, atlas, group_id=gid)
+    return write_job(result, atlas, group_id=gid)
 
 
 def _toolkit(method: str, task: str, **extra: Any) -> Callable[[LoadedModel, Budget, str, str, StageProgress], int]:

@@ -1,16 +1,18 @@
 """Prompt datasets with per-token metadata. No model code: builders take a HF (fast) tokenizer.
 
 Causal tasks (``TASKS`` / ``load_task``) return a ``PromptSet`` with clean and corrupted batches
-and a metric; probe tasks (``PROBES`` / ``load_probe``) return one ``TokenBatch`` for detectors.
-Every builder is called as ``builder(tokenizer, *, n, seed, **params)`` and is deterministic.
+and a metric; probe tasks (``PROBES`` / ``load_probe``) are ``ProbeTask`` objects whose builder
+returns one ``TokenBatch`` for detectors, with the scan's defaults, a capture plan and an optional
+causal evaluation. Each task is one module that registers itself; builders are called as
+``builder(tokenizer, *, n, seed, **params)`` and are deterministic.
 """
 
+# every task module registers itself on import; the isolated-token probes export no builder here
+from headmine.tasks import isolated_tokens as isolated_tokens
+from headmine.tasks.agreement import agreement
+from headmine.tasks.arithmetic import arithmetic
 from headmine.tasks.base import (
     METRICS,
-    PROBES,
-    TASKS,
-    PromptItem,
-    PromptSet,
     TokenBatch,
     encode_marked,
     encode_prompt,
@@ -18,31 +20,19 @@ from headmine.tasks.base import (
     pad_batch,
     single_token_id,
 )
-from headmine.tasks.causal import (
-    BUILTIN_RELATIONS,
-    Relation,
-    agreement,
-    arithmetic,
-    builtin_relation,
-    factual,
-    induction,
-    load_relation,
-    successor,
-)
+from headmine.tasks.corpus import corpus_text
+from headmine.tasks.factual import BUILTIN_RELATIONS, Relation, builtin_relation, factual, load_relation
+from headmine.tasks.induction import induction
 from headmine.tasks.ioi import IOI_TEMPLATES, ioi, ioi_names, ioi_probe
-from headmine.tasks.jsonl import load_jsonl_task, load_probe, load_task, next_token_dataset
-from headmine.tasks.probes import (
-    ORDINAL_SEQUENCES,
-    OrdinalSet,
-    corpus_text,
-    natural_text,
-    needle,
-    ordinal,
-    ordinal_sets,
-    ordinal_token_sets,
-    repeated_tokens,
-    token_pool,
-)
+from headmine.tasks.jsonl import load_jsonl_task, next_token_dataset
+from headmine.tasks.natural_text import natural_text
+from headmine.tasks.needle import needle
+from headmine.tasks.ordinal import ORDINAL_SEQUENCES, OrdinalSet, ordinal, ordinal_sets, ordinal_token_sets
+from headmine.tasks.probe import CapturePlan, Decoding, EvalBatch, Evaluation, ProbeTask, token_loss
+from headmine.tasks.prompt_set import PromptItem, PromptSet
+from headmine.tasks.registry import PROBES, TASKS, get_probe, load_probe, load_task, register_probe
+from headmine.tasks.repeated_tokens import repeated_tokens, token_pool
+from headmine.tasks.successor import successor
 
 __all__ = [
     "BUILTIN_RELATIONS",
@@ -51,7 +41,12 @@ __all__ = [
     "ORDINAL_SEQUENCES",
     "PROBES",
     "TASKS",
+    "CapturePlan",
+    "Decoding",
+    "EvalBatch",
+    "Evaluation",
     "OrdinalSet",
+    "ProbeTask",
     "PromptItem",
     "PromptSet",
     "Relation",
@@ -63,6 +58,7 @@ __all__ = [
     "encode_marked",
     "encode_prompt",
     "factual",
+    "get_probe",
     "induction",
     "ioi",
     "ioi_names",
@@ -79,8 +75,10 @@ __all__ = [
     "ordinal_sets",
     "ordinal_token_sets",
     "pad_batch",
+    "register_probe",
     "repeated_tokens",
     "single_token_id",
     "successor",
+    "token_loss",
     "token_pool",
 ]

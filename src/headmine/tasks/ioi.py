@@ -1,4 +1,5 @@
-"""Indirect object identification (Wang et al. 2022): ABBA/BABA templates, ABC corruptions.
+"""Indirect object identification (Wang et al. 2022): ABBA/BABA templates, ABC corruptions; the
+causal task ``ioi`` and the probe task ``ioi`` (its clean batch).
 
 "When Mary and John went to the store, John gave a drink to" -> " Mary" (IO) rather than " John" (S).
 """
@@ -7,19 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from headmine.core.errors import TaskError
-from headmine.tasks.base import (
-    PROBES,
-    TASKS,
-    PromptItem,
-    PromptSet,
-    TokenBatch,
-    check_n,
-    encode_prompt,
-    is_single_token,
-    rng,
-    single_token_id,
-)
+from headmine.tasks.base import TokenBatch, check_n, encode_prompt, is_single_token, rng, single_token_id
+from headmine.tasks.probe import CapturePlan, EvalBatch, Evaluation, ProbeTask
+from headmine.tasks.prompt_set import PromptItem, PromptSet
+from headmine.tasks.registry import TASKS, register_probe
 
 # [X] and [Y] open the sentence; [S] is the second mention of the subject; the answer (IO) follows.
 # ABBA: X = IO, Y = S. BABA: X = S, Y = IO. (Templates after the IOI paper's BABA set.)
@@ -155,7 +150,28 @@ def ioi(
     )
 
 
-@PROBES.register("ioi")
 def ioi_probe(tokenizer: Any, *, n: int = 64, seed: int = 0, **params: Any) -> TokenBatch:
     """The clean IOI batch (meta as in ``ioi``), for attention-signature detectors."""
     return ioi(tokenizer, n=n, seed=seed, **params).clean_batch()
+
+
+def minus_logit_diff(tokenizer: Any, *, n: int, seed: int, **params: Any) -> EvalBatch:
+    """Minus the mean logit difference logit(IO) - logit(S) at END (higher = worse)."""
+    batch = ioi_probe(tokenizer, n=n, seed=seed, **params)
+    end = torch.as_tensor(batch.meta["END"]).long()
+    io = torch.as_tensor(batch.meta["io_id"]).long()
+    s = torch.as_tensor(batch.meta["s_id"]).long()
+    rows = torch.arange(len(batch))
+
+    def measure(logits: torch.Tensor) -> float:
+        last = logits[rows, end].float()
+        return float(-(last[rows, io] - last[rows, s]).mean())
+
+    return EvalBatch(batch=batch, measure=measure)
+
+
+#: the scan captures only the END query row of each prompt (where the answer is predicted)
+PROBE = register_probe(ProbeTask(
+    name="ioi", build=ioi_probe, defaults={"n": 32}, plan=CapturePlan(query_rows="END"),
+    evaluation=Evaluation(metric="minus_logit_diff", build=minus_logit_diff),
+))

@@ -1,4 +1,4 @@
-"""User data: JSONL causal tasks, next-token (gating) datasets, and ``load_task``."""
+"""User data: JSONL causal tasks and next-token (gating) datasets. (``load_task`` is in ``registry``.)"""
 
 from __future__ import annotations
 
@@ -9,18 +9,8 @@ from typing import Any
 import torch
 
 from headmine.core.errors import InputError, TaskError
-from headmine.tasks.base import (
-    METRICS,
-    PROBES,
-    TASKS,
-    PromptItem,
-    PromptSet,
-    TokenBatch,
-    bos_id,
-    encode,
-    pad_batch,
-    pad_id,
-)
+from headmine.tasks.base import METRICS, TokenBatch, bos_id, encode, pad_batch, pad_id
+from headmine.tasks.prompt_set import PromptItem, PromptSet
 
 
 def _read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
@@ -128,25 +118,6 @@ def load_jsonl_task(
         params={"path": str(p), "n": len(items), "require_single_token": require_single_token,
                 "require_equal_length": require_equal_length, "prepend_bos": prepend_bos},
     )
-
-
-def load_task(name_or_path: str | Path, tokenizer: Any, **kw: Any) -> PromptSet:
-    """A causal task by registered name (ioi, factual, successor, arithmetic, agreement, induction)
-    or a path to a JSONL file; keyword arguments go to the builder."""
-    name = str(name_or_path)
-    if name in TASKS:
-        return TASKS.get(name)(tokenizer, **kw)
-    p = Path(name)
-    if p.suffix in (".jsonl", ".json") or p.exists():
-        if not p.exists():
-            raise InputError(f"task file {p} does not exist", "check the path")
-        return load_jsonl_task(p, tokenizer, **kw)
-    raise TaskError(f"unknown task {name!r}", f"use one of {', '.join(TASKS.names())} or a path to a .jsonl file")
-
-
-def load_probe(name: str, tokenizer: Any, **kw: Any) -> TokenBatch:
-    """A probe batch by registered name (repeated_tokens, natural_text, ordinal, needle, ioi)."""
-    return PROBES.get(name)(tokenizer, **kw)
 
 
 # --------------------------------------------------------------------------- next-token datasets
