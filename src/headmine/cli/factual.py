@@ -9,7 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from headmine.atlas import write_job
 from headmine.cli.common import console, friendly_errors, load_with_status
+from headmine.pipeline.factual import FactualConfig, run_factual
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -41,9 +43,6 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size"),
     ) -> None:
         """Factual recall mechanisms (Lv et al. 2024 style) on MODEL, with a held-out-tested mitigation."""
-        from headmine.atlas import write_job
-        from headmine.pipeline.factual import FactualConfig, run_factual
-
         lm = load_with_status(model)
         cfg = FactualConfig(relations=_split(relation), heldout_relations=_split(heldout), n_per_relation=n, shots=shots,
                             top_k=top_k, max_cost=max_cost, seed=seed, batch_size=batch_size)

@@ -10,8 +10,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from headmine.atlas import write_job
+from headmine.causal.contrastive_gating import ContrastConfig, builtin_contrast_pair, load_pair_files
+from headmine.causal.head_gating import LABELS, CHGConfig, load_data_file, task_data
 from headmine.cli.common import console, friendly_errors, load_with_status
 from headmine.core.errors import InputError
+from headmine.pipeline.gating import contrast_model, gate_model
 
 
 @contextmanager
@@ -66,10 +70,6 @@ def register(app: typer.Typer) -> None:
         no_agreement: bool = typer.Option(False, "--no-agreement", help="skip the agreement with activation patching"),
     ) -> None:
         """Causal Head Gating: which heads facilitate, interfere with or are irrelevant to a task."""
-        from headmine.atlas import write_job
-        from headmine.causal.head_gating import LABELS, CHGConfig, load_data_file, task_data
-        from headmine.pipeline.gating import gate_model
-
         if (data is None) == (task is None):
             raise InputError("give exactly one of --data FILE or --task NAME", "e.g. --task ioi or --data prompts.jsonl")
         cfg = CHGConfig.preset_for(preset, seeds=seeds, updates=_updates(updates), batch_size=batch_size,
@@ -132,10 +132,6 @@ def register(app: typer.Typer) -> None:
         no_atlas: bool = typer.Option(False, "--no-atlas", help="do not write the atlas"),
     ) -> None:
         """Contrastive CHG: gates that forget the --forget format while keeping the --retain one."""
-        from headmine.atlas import write_job
-        from headmine.causal.contrastive_gating import ContrastConfig, builtin_contrast_pair, load_pair_files
-        from headmine.pipeline.gating import contrast_model
-
         if builtin is None and (retain is None or forget is None):
             raise InputError("give --retain A --forget B, or --builtin instruction|fewshot", "e.g. --builtin instruction")
         cfg = ContrastConfig.preset_for(preset, seeds=seeds, updates=updates, batch_size=batch_size, seed=seed)

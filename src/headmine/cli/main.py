@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "headmine.cli.gating",
     "headmine.cli.factual",
     "headmine.cli.report",
+    "headmine.cli.catalog",
     "headmine.cli.info",
 ]
 

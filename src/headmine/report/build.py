@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from headmine import __version__
 from headmine.atlas import utc_now
 from headmine.core.errors import InputError
 from headmine.report.compare import CompareData, compare_models, compare_runs
@@ -117,8 +118,6 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _common(atlas_path: Path, generated: str) -> dict[str, Any]:
-    from headmine import __version__
-
     return {"atlas_path": str(atlas_path), "generated": generated, "version": __version__,
             "stage_codes": STAGE_CODES}
 

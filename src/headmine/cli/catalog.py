@@ -1,0 +1,78 @@
+"""`headmine catalog`: the survey's head types (stage, function, detectors) and the papers behind them."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from headmine.atlas import Atlas
+from headmine.catalog import head_type_info
+from headmine.cli.common import console, friendly_errors
+from headmine.detectors import DETECTORS
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @friendly_errors
+    def catalog(
+        head_type: str | None = typer.Option(None, "--head-type", help="one head type (any alias): its details and papers"),
+        stage: str | None = typer.Option(None, "--stage", help="a survey stage (full name or KR, ICI, LR, EP)"),
+        search: str | None = typer.Option(None, "--search", help="words that must all appear in a paper's entry"),
+        atlas: Path | None = typer.Option(None, "--atlas", help="read the catalog stored in this atlas instead"),
+    ) -> None:
+        """List the survey's head types (stage, function, detectors) and the papers behind them."""
+        DETECTORS.names()  # registers the built-in and plugin detectors: their files declare their head types
+        if atlas is not None:
+            with Atlas.open(atlas, readonly=True) as db:
+                _print_catalog(db, head_type, stage, search)
+            return
+        with tempfile.TemporaryDirectory(prefix="headmine-catalog-") as tmp:
+            with Atlas.open(Path(tmp) / "catalog.db") as db:
+                _print_catalog(db, head_type, stage, search)
+
+
+def _print_catalog(db, head_type: str | None, stage: str | None, search: str | None) -> None:
+    show_types = head_type is None and not search
+    if head_type is not None:
+        info = head_type_info(head_type)  # InputError with suggestions for unknown names
+        detail = Table(title=escape(info.name), show_header=False)
+        detail.add_row("stage", f"{escape(info.stage)} ({escape(info.stage_source)})")
+        detail.add_row("family", escape(info.family))
+        detail.add_row("aliases", escape(", ".join(info.aliases)) or "-")
+        detail.add_row("function", escape(info.function))
+        detail.add_row(
+            "detectors",
+            "\n".join(escape(f"{d.detector} ({d.kind}) on {d.task}" + (f": {d.note}" if d.note else "")) for d in info.detectors)
+            or "[dim]no detector yet[/]",
+        )
+        console.print(detail)
+    if show_types:
+        types = db.catalog_head_types(stage=stage)
+        table = Table(title=f"head types{' in ' + escape(stage) if stage else ''} ({len(types)})")
+        for col in ("head type", "stage", "function", "detectors", "papers"):
+            table.add_column(col, overflow="fold")
+        for r in types.itertuples(index=False):
+            dets = ", ".join(r.detectors) if r.detectors else "[dim]no detector yet[/]"
+            table.add_row(escape(r.name), escape(r.stage), escape(r.function), dets if not r.detectors else escape(dets),
+                          str(int(r.n_papers)))
+        console.print(table)
+    papers = db.catalog_papers(head_type=head_type, stage=stage, search=search)
+    if show_types and stage is None:
+        console.print(f"{len(papers)} papers in the catalog: list them with --search WORDS, --head-type T or --stage S")
+        return
+    title = "papers" + (f" on {escape(head_type)}" if head_type else "") + (f" in {escape(stage)}" if stage else "")
+    title += f" matching {escape(repr(search))}" if search else ""
+    table = Table(title=f"{title} ({len(papers)})")
+    for col in ("date", "title", "where", "head types", "summary"):
+        table.add_column(col, overflow="fold")
+    for p in papers.itertuples(index=False):
+        where = f"arXiv:{p.arxiv_id}" if p.arxiv_id else p.venue
+        table.add_row(escape(p.date or ""), escape(p.title), escape(where or ""), escape(p.head_types or ""),
+                      escape(p.summary or p.key_result or ""))
+    console.print(table)
+    if not len(papers):
+        console.print("[yellow]no paper matches[/]: try fewer or other words")
