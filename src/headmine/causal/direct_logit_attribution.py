@@ -149,6 +149,7 @@ def direct_logit_attribution(
             m_out = (rec.resid[layer + 1][:, 0] - rec.resid[layer][:, 0] - rec.attn_out[layer][:, 0]).float()
         mlp[layer] = dla(m_out).cpu()
         parts = parts + m_out
+    assert rec.logits is not None
     total = metric(rec.logits).cpu()
     rest = dla(resid_final.float() - parts)  # structural leftover: ~0 unless the blocks have post-norms
     if frozen is not None and frozen.bias is not None:

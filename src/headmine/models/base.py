@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -78,6 +78,16 @@ def _get(root: nn.Module, path: str) -> Any:
     return obj
 
 
+def submodule(root: nn.Module, path: str) -> nn.Module:
+    """The module at dotted ``path`` under ``root`` (digits index module lists)."""
+    return cast(nn.Module, _get(root, path))
+
+
+def weight_of(module: Any) -> torch.Tensor:
+    """``module.weight`` typed as a tensor (torch types module attributes as ``Tensor | Module``)."""
+    return cast(torch.Tensor, module.weight)
+
+
 class ModelAdapter:
     """Uniform per-head access to one HF model. Subclasses set the class attributes."""
 
@@ -102,7 +112,7 @@ class ModelAdapter:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.config = model.config
+        self.config: Any = model.config
         self.geometry = self._geometry(self.config)
 
     # ---- geometry -------------------------------------------------------------------------
@@ -162,14 +172,17 @@ class ModelAdapter:
         assert self.qkv_names is not None
         g, attn = self.geometry, self.attention(layer)
         out: dict[Site, QKVHookPoint] = {}
+        def split(n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda t: t.unflatten(-1, (n, g.d_head))
+
         for site, name, n in zip((Site.Q, Site.K, Site.V), self.qkv_names, (g.n_heads, g.n_kv_heads, g.n_kv_heads), strict=False):
-            out[site] = (_get(attn, name), lambda t, n=n: t.unflatten(-1, (n, g.d_head)))
+            out[site] = (_get(attn, name), split(n))
         return out
 
     # ---- weights ----------------------------------------------------------------------------
     def _linear_in_heads(self, linear: nn.Module, n: int) -> torch.Tensor:
         """nn.Linear weight [n*d_head, d_model] -> [n, d_model, d_head]."""
-        w = linear.weight
+        w = weight_of(linear)
         return w.view(n, self.geometry.d_head, w.shape[-1]).transpose(1, 2)
 
     def _qkv_weight(self, layer: int, which: int) -> torch.Tensor:
@@ -190,7 +203,7 @@ class ModelAdapter:
     def W_O(self, layer: int) -> torch.Tensor:
         """[head, d_head, d_model]: head h's slice of the output projection."""
         g = self.geometry
-        w = self.out_proj(layer).weight  # nn.Linear: [d_model, H*d_head]
+        w = weight_of(self.out_proj(layer))  # nn.Linear: [d_model, H*d_head]
         return w.T.reshape(g.n_heads, g.d_head, w.shape[0])
 
     def b_O(self, layer: int) -> torch.Tensor | None:
@@ -200,7 +213,7 @@ class ModelAdapter:
         """A view into the raw output-projection weight holding the entries that read head ``head``'s z
         (zeroing it in place removes the head; doctor's weight-surgery check does so)."""
         d = self.geometry.d_head
-        return self.out_proj(layer).weight.narrow(self.out_proj_in_axis, head * d, d)
+        return weight_of(self.out_proj(layer)).narrow(self.out_proj_in_axis, head * d, d)
 
     # ---- norms ------------------------------------------------------------------------------
     def norm_spec(self, norm: nn.Module | None) -> NormSpec | None:
@@ -252,11 +265,11 @@ class ModelAdapter:
         unembed = self.unembedding()
         if unembed is None:
             raise UnsupportedModelError(f"{type(self.model).__name__} has no unembedding (it is an encoder)")
-        return unembed.weight.T
+        return weight_of(unembed).T
 
     def W_E(self) -> torch.Tensor:
         """[vocab, d_model] (before any embedding scale such as Gemma's sqrt(d_model))."""
-        return self.embedding().weight
+        return weight_of(self.embedding())
 
     def per_query_head(self, w_kv: torch.Tensor) -> torch.Tensor:
         """Expand a [kv_head, ...] tensor to [head, ...] with the model's GQA mapping."""

@@ -7,14 +7,14 @@ itself after our hook points: q/k RMS norms (Gemma 3), attention logit soft-capp
 sliding-window layers, embeddings scaled by sqrt(d_model).
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
 from headmine.models.base import ModelAdapter, register_adapter
 
 
 @register_adapter
 class GemmaAdapter(ModelAdapter):
-    families = ("gemma",)
+    families: ClassVar[tuple[str, ...]] = ("gemma",)
     layers_path = "model.layers"
     attn_name = "self_attn"
     out_proj_name = "self_attn.o_proj"

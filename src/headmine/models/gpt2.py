@@ -3,7 +3,7 @@
 import torch
 
 from headmine.core.ids import Site
-from headmine.models.base import ModelAdapter, QKVHookPoint, register_adapter
+from headmine.models.base import ModelAdapter, QKVHookPoint, register_adapter, submodule, weight_of
 
 
 @register_adapter
@@ -22,16 +22,16 @@ class GPT2Adapter(ModelAdapter):
 
     def _qkv_weight(self, layer: int, which: int) -> torch.Tensor:
         g = self.geometry
-        w = self.attention(layer).c_attn.weight  # Conv1D: [d_model, 3*d_model]
+        w = weight_of(submodule(self.attention(layer), "c_attn"))  # Conv1D: [d_model, 3*d_model]
         part = w[:, which * g.d_model : (which + 1) * g.d_model]
         return part.view(g.d_model, g.n_heads, g.d_head).permute(1, 0, 2)
 
     def W_O(self, layer: int) -> torch.Tensor:
         g = self.geometry
-        return self.out_proj(layer).weight.view(g.n_heads, g.d_head, g.d_model)  # Conv1D: [H*d_head, d_model]
+        return weight_of(self.out_proj(layer)).view(g.n_heads, g.d_head, g.d_model)  # Conv1D: [H*d_head, d_model]
 
     def qkv_hook_points(self, layer: int) -> dict[Site, QKVHookPoint]:
-        g, c_attn = self.geometry, self.attention(layer).c_attn
+        g, c_attn = self.geometry, submodule(self.attention(layer), "c_attn")
 
         def split(which: int):
             return lambda t: t[..., which * g.d_model : (which + 1) * g.d_model].unflatten(-1, (g.n_heads, g.d_head))

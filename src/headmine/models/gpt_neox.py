@@ -3,7 +3,7 @@
 import torch
 
 from headmine.core.ids import Site
-from headmine.models.base import ModelAdapter, QKVHookPoint, register_adapter
+from headmine.models.base import ModelAdapter, QKVHookPoint, register_adapter, submodule, weight_of
 
 
 @register_adapter
@@ -20,11 +20,11 @@ class GPTNeoXAdapter(ModelAdapter):
 
     def _qkv_weight(self, layer: int, which: int) -> torch.Tensor:
         g = self.geometry
-        w = self.attention(layer).query_key_value.weight  # [H*3*d_head, d_model]
+        w = weight_of(submodule(self.attention(layer), "query_key_value"))  # [H*3*d_head, d_model]
         return w.view(g.n_heads, 3, g.d_head, g.d_model)[:, which].transpose(1, 2)
 
     def qkv_hook_points(self, layer: int) -> dict[Site, QKVHookPoint]:
-        g, fused = self.geometry, self.attention(layer).query_key_value
+        g, fused = self.geometry, submodule(self.attention(layer), "query_key_value")
 
         def split(which: int):
             return lambda t: t.unflatten(-1, (g.n_heads, 3, g.d_head))[..., which, :]

@@ -24,4 +24,4 @@ class OPTAdapter(ModelAdapter):
     attn_norm_name = "self_attn_layer_norm"
 
     def attn_norm(self, layer: int) -> nn.Module | None:
-        return super().attn_norm(layer) if self.config.do_layer_norm_before else None
+        return super().attn_norm(layer) if getattr(self.config, "do_layer_norm_before", True) else None

@@ -52,7 +52,7 @@ def check_hooks_removed(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) 
             raise RuntimeError("injected")
     except RuntimeError:
         pass
-    run_capture(lm, CaptureSpec(sites={Site.PATTERN, Site.Z, Site.RESID}), ids, mask)
+    run_capture(lm, CaptureSpec(sites=frozenset({Site.PATTERN, Site.Z, Site.RESID})), ids, mask)
     after = count_hooks(lm.model)
     return CheckResult("no hook left after exit (also after an exception)", before == after, after - before, "hooks added")
 
@@ -75,7 +75,7 @@ def check_zero_equals_weight_surgery(lm: LoadedModel, ids: torch.Tensor, mask: t
 
 def check_results_sum(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> CheckResult:
     """Per-head results (z_h @ W_O[h], from the adapter's slicing) + bias equal the projection applied to z."""
-    rec = run_capture(lm, CaptureSpec(sites={Site.RESULT, Site.Z}), ids, mask)
+    rec = run_capture(lm, CaptureSpec(sites=frozenset({Site.RESULT, Site.Z})), ids, mask)
     worst = 0.0
     for layer in rec.result:
         total = rec.result[layer].sum(2)
@@ -91,7 +91,7 @@ def check_results_sum(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) ->
 
 
 def check_patterns(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> CheckResult:
-    rec = run_capture(lm, CaptureSpec(sites={Site.PATTERN}), ids, mask)
+    rec = run_capture(lm, CaptureSpec(sites=frozenset({Site.PATTERN})), ids, mask)
     worst_sum, worst_causal = 0.0, 0.0
     for pattern in rec.pattern.values():
         worst_sum = max(worst_sum, (pattern.sum(-1) - 1).abs().max().item())
@@ -111,7 +111,7 @@ def check_gqa_mapping(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) ->
     if g.n_kv_heads == g.n_heads:
         return CheckResult("GQA mapping matches the model's repeat_kv", True, 0.0, "not grouped: 1 query head per KV head")
     layer = 0
-    rec = run_capture(lm, CaptureSpec(sites={Site.PATTERN, Site.V, Site.Z}, layers=(layer,)), ids, mask)
+    rec = run_capture(lm, CaptureSpec(sites=frozenset({Site.PATTERN, Site.V, Site.Z}), layers=(layer,)), ids, mask)
     worst = 0.0
     v = rec.v[layer]  # [batch, pos, kv_head, d_head]
     for head in range(g.n_heads):

@@ -184,6 +184,7 @@ def argument_passing_heads(
     rec_c = run_capture(lm, spec, clean.input_ids, clean.attention_mask)
     rec_r = run_capture(lm, CaptureSpec(sites=frozenset({Site.Z}), query_positions=end), corrupt.input_ids,
                         corrupt.attention_mask)
+    assert rec_c.logits is not None and rec_r.logits is not None
     ld_c = _logit_diff(rec_c.logits, end, tgt, other)
     ld_r = _logit_diff(rec_r.logits, end, tgt, other)
     denom = float((ld_r - ld_c).mean())

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from headmine.core.errors import TaskError
+from headmine.models.base import submodule
 from headmine.models.loading import LoadedModel
 from headmine.tasks.base import TokenBatch
 
@@ -172,5 +173,5 @@ def end_logits(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.T
     [B, T, vocab] tensors for large vocabularies (Gemma: 262k). Active hooks/interventions apply.
     """
     lm.check_length(input_ids.shape[-1])
-    out = lm.model.base_model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device))
+    out = submodule(lm.model, "base_model")(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device))
     return lm.adapter.unembed(rows_at(out.last_hidden_state, end_pos))

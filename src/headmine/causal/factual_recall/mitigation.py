@@ -111,7 +111,10 @@ def mitigated(lm: LoadedModel, mitigation: Mitigation) -> Iterator[None]:
         scales = dict(mitigation.mlp_scales)
         for layer in sorted(layers):
             lm.geometry.check_layer(layer)
-            specs.append(HookSpec(lm.adapter.mlp(layer), "forward",
+            mlp = lm.adapter.mlp(layer)
+            if mlp is None:
+                raise InputError(f"{lm.name} exposes no MLP module", "MLP mitigations need an adapter with mlp_name")
+            specs.append(HookSpec(mlp, "forward",
                                   _mlp_hook(scales.get(layer, 1.0), mitigation.remove_directions.get(layer))))
         stack.enter_context(hooks(specs))
         yield
@@ -265,7 +268,7 @@ def choose_mitigation(
     cands = list(candidates) if candidates is not None else candidate_mitigations(lm, train, suppressor_heads, factors=factors)
     base = answer_scores(lm, train)
     base_loss = corpus_loss(lm, corpus_ids)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for c in cands:
         s = answer_scores(lm, train, c)
         cost = corpus_loss(lm, corpus_ids, c) - base_loss

@@ -72,9 +72,9 @@ def token_frequency(tokenizer, kind: str = "merge_rank", corpus_text: str | None
             out[i] = 0.0
     for r, pair in enumerate(merges):
         a, b = pair if isinstance(pair, (list, tuple)) else pair.split(" ", 1)
-        i = vocab.get(a + b)
-        if i is not None and i < vocab_size and out[i] == floor:
-            out[i] = -math.log(2 + r)
+        merged = vocab.get(a + b)
+        if merged is not None and merged < vocab_size and out[merged] == floor:
+            out[merged] = -math.log(2 + r)
     return out
 
 
