@@ -277,7 +277,7 @@ class ModelAdapter:
         return w_kv[index.to(w_kv.device)]
 
 
-ADAPTERS: Registry[type[ModelAdapter]] = Registry("model family", UnsupportedModelError)
+ADAPTERS: Registry[type[ModelAdapter]] = Registry("model family", UnsupportedModelError, plugin_group="headmine.models")
 
 
 def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
