@@ -185,7 +185,7 @@ def test_contrastive_fit_and_accuracy(lm, data):
     assert torch.equal(plain, ones) and plain.shape == (6,)
 
 
-def test_write_gate_to_atlas(tmp_path, lm, data):
+def test_gate_report_written_by_write_job(tmp_path, lm, data):
     from headmine.atlas import Atlas, write_job
     from headmine.pipeline.gating import gate_model
 
