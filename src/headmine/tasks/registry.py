@@ -5,7 +5,9 @@
 - ``PROBES``: probe tasks, name -> ``ProbeTask`` (a batch builder, scan defaults, a capture plan
   and an optional causal evaluation); ``load_probe`` builds one batch.
 
-Every task registers itself in its own module (``@TASKS.register(...)``, ``register_probe(...)``).
+Every task registers itself in its own module (``@TASKS.register(...)``, ``register_probe(...)``);
+a third-party package does the same from a module named by a ``headmine.tasks`` entry point, which
+both registries import the first time they are looked up.
 """
 
 from __future__ import annotations
