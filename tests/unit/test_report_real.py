@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from headmine.causal.head_gating import CHGConfig, repeated_tokens_data
 from headmine.atlas import write_job
+from headmine.causal.head_gating import CHGConfig, repeated_tokens_data
 from headmine.pipeline.gating import gate_model
 from headmine.report import build_report
 from tests.tiny_models import VOCAB, tiny_model
