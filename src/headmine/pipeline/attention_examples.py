@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from headmine.atlas.artifacts import make_attn_examples
 from headmine.capture import CaptureSpec, run_capture
 from headmine.core.ids import HeadId, Site
 from headmine.models.loading import LoadedModel
@@ -23,9 +24,9 @@ def head_ids(df: pd.DataFrame) -> list[HeadId]:
 
 def attention_examples(lm: LoadedModel, heads: list[HeadId], prompts: tuple[tuple[str, str], ...] = EXAMPLE_PROMPTS,
                        digits: int = 3) -> dict[str, Any]:
-    """Attention patterns of ``heads`` on a few short example prompts, for the report's head pages:
-    ``{"examples": [{"name", "text", "tokens"}], "patterns": {"L1H2": [[[w]] per example]}}``
-    (empty when there is nothing to show; prompts longer than the model's context are left out)."""
+    """Attention patterns of ``heads`` on a few short example prompts, for the report's head pages: the
+    ``attn_examples`` artifact of ``headmine.atlas.artifacts`` (empty when there is nothing to show;
+    prompts longer than the model's context are left out)."""
     if not heads or lm.tokenizer is None:
         return {}
     examples: list[dict[str, Any]] = []
@@ -38,6 +39,5 @@ def attention_examples(lm: LoadedModel, heads: list[HeadId], prompts: tuple[tupl
         ids = enc["input_ids"][0].tolist()
         examples.append({"name": name, "text": text, "tokens": [lm.tokenizer.decode([i]) for i in ids]})
         for h in heads:
-            mat = rec.head_tensor(Site.PATTERN, h)[0].float()
-            patterns[str(h)].append([[round(float(w), digits) for w in row[: q + 1]] for q, row in enumerate(mat.tolist())])
-    return {"examples": examples, "patterns": patterns} if examples else {}
+            patterns[str(h)].append(rec.head_tensor(Site.PATTERN, h)[0].float().cpu().numpy())
+    return make_attn_examples(examples, patterns, digits=digits) if examples else {}

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from headmine.atlas import AtlasRun, InputRow, JobResult, LabelRow, RunRecord
+from headmine.atlas.artifacts import ATTN_EXAMPLES, CAUSAL_CHECKS, make_causal_checks
 from headmine.core.errors import InputError
 from headmine.detectors import Detector
 from headmine.tasks import PROBES
@@ -178,8 +179,8 @@ class ScanResult(JobResult):
         labels = [LabelRow(**lab) for lab in self.labels()]
         inputs = [InputRow(idx=i, token_ids=ids, role=task) for task, rows in sorted(self.inputs.items())
                   for i, ids in enumerate(rows)]
-        artifacts = {"causal": {k: v.to_dict() for k, v in self.causal.items()}, "timings": self.timings,
-                     **({"attn_examples": self.attn_examples} if self.attn_examples else {}),
+        artifacts = {CAUSAL_CHECKS: make_causal_checks(self.causal), "timings": self.timings,
+                     **({ATTN_EXAMPLES: self.attn_examples} if self.attn_examples else {}),
                      "detectors": {d.name: {"head_type": d.head_type, "stage": d.stage, "task": d.task,
                                             "threshold": d.threshold, "definition": d.definition}
                                    for d in self.detectors}}
