@@ -1,4 +1,5 @@
-"""`headmine ablate | patch | attribute | lens MODEL --task T`: causal methods from the command line.
+"""`headmine ablate | patch | attribute | lens MODEL --task T`: causal methods from the command line;
+`headmine method NAME MODEL --task T --set key=value` runs any registered method, plugins included.
 
 Each command picks a registered causal method and passes all its options; the method's own config
 dataclass keeps the ones it declares (see ``_config``), so no command branches per option.
@@ -15,8 +16,9 @@ from rich.table import Table
 
 from headmine.atlas import write_job
 from headmine.causal.logit_lens import LensResult
-from headmine.causal.methods import CausalMethod, MethodConfig, get_method
+from headmine.causal.methods import METHODS, CausalMethod, MethodConfig, get_method
 from headmine.cli.common import console, friendly_errors, load_with_status
+from headmine.core.errors import InputError
 from headmine.pipeline.causal import CausalRun, run_causal
 from headmine.report.heatmap import write_heatmap_html
 
@@ -105,7 +107,67 @@ def _run(model: str, method_name: str, **options: Any) -> CausalRun:
         return run_causal(lm, config, method=method)
 
 
+def parse_settings(pairs: list[str], method: CausalMethod[Any]) -> dict[str, Any]:
+    """``["mode=mean", "factor=0.5"]`` -> the method's config fields, each converted to the field's
+    default's type (bool, int, float or str); an unknown field or a bad value is an InputError."""
+    declared = {f.name: f for f in fields(method.config_cls)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InputError(f"cannot read --set {pair!r}", "write --set key=value, e.g. --set mode=mean")
+        if key not in declared:
+            raise InputError(f"method {method.name!r} has no option {key!r}",
+                             f"its options: {', '.join(sorted(declared))}")
+        default = getattr(method.config_cls(task="_"), key, None)
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                out[key] = text.lower() in ("true", "1", "yes")
+            elif isinstance(default, int | float):
+                out[key] = type(default)(text)
+            else:
+                out[key] = text
+        except ValueError:
+            raise InputError(f"--set {key}={text!r}: expected a {type(default).__name__}",
+                             f"e.g. --set {key}={default!r}") from None
+    return out
+
+
 def register(app: typer.Typer) -> None:
+    @app.command("method")
+    @friendly_errors
+    def method_command(
+        name: str = typer.Argument(..., help="registered causal method (plugins included)"),
+        model: str = typer.Argument(..., help="embedded name, .gguf file, model folder or hub id"),
+        task: str = typer.Option(..., "--task", "-t", help=TASK_HELP),
+        n: int = typer.Option(32, help="number of prompts (JSONL: the first n lines)"),
+        seed: int = typer.Option(0),
+        metric: str = typer.Option(None, help="logit_diff | logit | answer_logprob | prob (default: the task's)"),
+        setting: list[str] = typer.Option([], "--set", help="a method option as key=value (repeatable)"),
+        atlas: str = typer.Option(None, help="write the run into this atlas file"),
+        html: str = typer.Option(None, help="write the layer x head heatmap to this HTML file"),
+        top: int = typer.Option(10, help="heads to list"),
+    ) -> None:
+        """Run any registered causal method by name (list them with `headmine methods`)."""
+        method = get_method(name)
+        run = _run(model, method.name, task=task, n=n, seed=seed, metric=metric, **parse_settings(setting, method))
+        _finish(run, atlas, html, top, f"{method.name}, {task}: {run.inputs.metric.kind}")
+
+    @app.command("methods")
+    def methods_command() -> None:
+        """List the registered causal methods (built-in and plugins) and their options."""
+        table = Table(title="causal methods")
+        for col in ("name", "atlas run kind", "options"):
+            table.add_column(col)
+        for name, method in METHODS.items():
+            base = {f.name for f in fields(MethodConfig)}
+            opts = ", ".join(f.name for f in fields(method.config_cls) if f.name not in base) or "-"
+            table.add_row(name, method.run_kind, opts)
+        console.print(table)
+
     @app.command()
     @friendly_errors
     def ablate(
