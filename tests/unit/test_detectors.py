@@ -19,7 +19,7 @@ from headmine.detectors import (
     get_detector,
     resolve_detectors,
 )
-from headmine.detectors.base import induction_template
+from headmine.detectors.base import CausalCheckSpec, Detector, induction_template
 
 T = 12
 
@@ -235,3 +235,25 @@ def test_positional_finds_fixed_offsets():
     df = get_detector("positional")(record({0: torch.stack([off2, uniform_pattern()])[None]}, ids))
     vals = df.sort_values("head").value.tolist()
     assert vals[0] == pytest.approx(1.0) and vals[1] < 0.5
+
+
+def test_a_detector_declares_its_survey_type_and_causal_check() -> None:
+    from headmine.core.errors import DetectorError
+
+    def score(record, meta, weights=None):  # never called
+        raise AssertionError
+
+    alias = Detector(name="x", head_type="IH", task="repeated_tokens", sites=frozenset({Site.PATTERN}), score=score,
+                     threshold=0.5, causal=CausalCheckSpec(task="repeated_tokens"))
+    assert (alias.head_type, alias.stage) == ("Induction Head", "Latent Reasoning")  # alias -> canonical + stage
+    with pytest.raises(DetectorError, match="needs a stage"):
+        Detector(name="y", head_type="Not A Survey Type", task="repeated_tokens", sites=frozenset({Site.PATTERN}),
+                 score=score, threshold=0.5, causal=None)
+    own = Detector(name="y", head_type="Not A Survey Type", stage="LR", task="repeated_tokens",
+                   sites=frozenset({Site.PATTERN}), score=score, threshold=0.5, causal=None)
+    assert own.stage == "Latent Reasoning" and own.head_type == "Not A Survey Type"
+    with pytest.raises(TypeError):  # the causal check must be declared (None says "none")
+        Detector(name="z", head_type="IH", task="repeated_tokens", sites=frozenset({Site.PATTERN}), score=score,
+                 threshold=0.5)  # type: ignore[call-arg]
+    with pytest.raises(DetectorError, match="expected_sign"):
+        CausalCheckSpec(task="repeated_tokens", expected_sign=2)

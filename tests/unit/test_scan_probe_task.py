@@ -14,7 +14,7 @@ from headmine.atlas import Atlas, write_job
 from headmine.capture import CaptureRecord
 from headmine.core.errors import TaskError
 from headmine.core.ids import Site
-from headmine.detectors import DETECTORS
+from headmine.detectors import unregister as unregister_detector
 from headmine.detectors.base import (
     BatchScores,
     CausalCheckSpec,
@@ -114,8 +114,9 @@ def registered() -> Iterator[None]:
     try:
         yield
     finally:
-        for registry, name in ((PROBES, TASK), (DETECTORS, NAME), (DETECTORS, UNCHECKED)):
-            registry._items.pop(name, None)  # test-only cleanup: registries have no public removal
+        PROBES.unregister(TASK)
+        unregister_detector(NAME)
+        unregister_detector(UNCHECKED)
 
 
 # --------------------------------------------------------------------------- tests
@@ -153,5 +154,5 @@ def test_a_check_on_a_task_without_evaluation_fails_before_any_forward(registere
         with pytest.raises(TaskError, match="has no evaluation"):
             scan_model(toy, ScanConfig(detectors=("test_bad_check",)))
     finally:
-        PROBES._items.pop("test_no_evaluation", None)
-        DETECTORS._items.pop("test_bad_check", None)
+        PROBES.unregister("test_no_evaluation")
+        unregister_detector("test_bad_check")

@@ -20,6 +20,7 @@ from headmine.catalog.survey import (
     register_link,
     resolve_head_type,
     unmatched_head_types,
+    unregister_links,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "register_link",
     "resolve_head_type",
     "unmatched_head_types",
+    "unregister_links",
 ]

@@ -143,6 +143,12 @@ def register_link(head_type: str, link: DetectorLink) -> bool:
     return True
 
 
+def unregister_links(detector: str) -> None:
+    """Forget the registered links of ``detector`` (a throwaway detector removed again, e.g. in tests)."""
+    for name, links in _REGISTERED_LINKS.items():
+        _REGISTERED_LINKS[name] = [link for link in links if link.detector != detector]
+
+
 def all_head_types() -> tuple[HeadType, ...]:
     """The packaged head types, each with its packaged links plus the links registered in code."""
     out = []

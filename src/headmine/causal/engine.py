@@ -13,6 +13,7 @@ import torch
 
 from headmine.capture.hooks import HookSpec, hooks
 from headmine.causal.interventions import Gate, Intervention
+from headmine.core.errors import InputError
 from headmine.models.loading import LoadedModel
 
 
@@ -21,8 +22,6 @@ def _validate(loaded: LoadedModel, interventions: Sequence[Intervention]) -> Non
     for iv in interventions:
         if isinstance(iv, Gate):
             if tuple(iv.factors.shape[-2:]) != (g.n_layers, g.n_heads):
-                from headmine.core.errors import InputError
-
                 raise InputError(
                     f"Gate factors have shape {tuple(iv.factors.shape)}; expected [..., {g.n_layers}, {g.n_heads}]",
                     "give one factor per (layer, query head)",

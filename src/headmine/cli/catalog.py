@@ -11,7 +11,7 @@ from rich.table import Table
 
 from headmine.atlas import Atlas
 from headmine.catalog import head_type_info
-from headmine.cli.common import console, friendly_errors
+from headmine.cli.console import console, friendly_errors
 from headmine.detectors import DETECTORS
 
 

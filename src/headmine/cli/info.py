@@ -9,6 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from headmine.cli.common import console, friendly_errors, load_with_status
+from headmine.models.loading import LoadedModel, cache_root
+from headmine.pipeline.doctor import run_checks
 
 
 def register(app: typer.Typer) -> None:
@@ -16,8 +18,6 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def info(model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id")) -> None:
         """Print the model's head geometry, parameters, attention implementations and cache path."""
-        from headmine.models.loading import cache_root
-
         lm = load_with_status(model)
         g = lm.geometry
         table = Table(title=f"{model}", show_header=False)
@@ -45,8 +45,6 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def doctor(model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id")) -> None:
         """Run the per-head wiring self-checks on MODEL and print each with its measured value."""
-        from headmine.pipeline.doctor import run_checks
-
         start = time.perf_counter()
         lm = load_with_status(model)
         load_s = time.perf_counter() - start
@@ -64,7 +62,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-def _available_attn(lm) -> list[str]:
+def _available_attn(lm: LoadedModel) -> list[str]:
     model = lm.model
     out = ["eager"]
     if getattr(model, "_supports_sdpa", False):

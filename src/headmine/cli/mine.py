@@ -9,6 +9,9 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from headmine.cli.common import console, friendly_errors, load_with_status
+from headmine.pipeline.mine import mine as run_mine
+from headmine.pipeline.mine import plan
+from headmine.report import build_report
 
 
 def register(app: typer.Typer) -> None:
@@ -24,9 +27,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Mine MODEL: scan all head types, confirm causally, patch/attribute IOI, gate heads (CHG),
         analyse factual recall, store everything in the atlas and write the report. Resumable."""
-        from headmine.pipeline.mine import mine as run_mine
-        from headmine.pipeline.mine import plan
-
         started = time.perf_counter()
         lm = load_with_status(model)
         atlas.parent.mkdir(parents=True, exist_ok=True)
@@ -65,8 +65,6 @@ def register(app: typer.Typer) -> None:
         if report and not result.run_ids and not result.skipped:
             console.print("[yellow]no stage applied to this model, so there is nothing to report[/]")
         elif report:
-            from headmine.report import build_report
-
             files = build_report(atlas, out, model=model)
             console.print(f"report: {files.pages.get(model, files.index)}")
         console.print(f"done in {time.perf_counter() - started:.0f} s; atlas {atlas}")

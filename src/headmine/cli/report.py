@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from headmine.cli.common import console, friendly_errors
+from headmine.cli.console import console, friendly_errors
 from headmine.core.errors import InputError
 from headmine.report import build_report
 

@@ -41,6 +41,13 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def unregister(self, name: str) -> T:
+        """Remove and return ``name`` (tests that register throwaway extensions clean up with it)."""
+        try:
+            return self._items.pop(name)
+        except KeyError:
+            raise self._unknown_error(f"unknown {self.kind} {name!r}") from None
+
     def get(self, name: str) -> T:
         self._load_plugins()
         try:

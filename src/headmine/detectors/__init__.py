@@ -21,8 +21,11 @@ from headmine.detectors import (  # noqa: F401  (registration by import)
 )
 from headmine.detectors.base import DETECTORS as DETECTORS
 from headmine.detectors.base import BatchScores as BatchScores
+from headmine.detectors.base import CausalCheckSpec as CausalCheckSpec
 from headmine.detectors.base import Detector as Detector
 from headmine.detectors.base import ScoreAccumulator as ScoreAccumulator
 from headmine.detectors.base import get_detector as get_detector
+from headmine.detectors.base import register as register
 from headmine.detectors.base import resolve_detectors as resolve_detectors
+from headmine.detectors.base import unregister as unregister
 from headmine.detectors.weights import CircuitWeights as CircuitWeights

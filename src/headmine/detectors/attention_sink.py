@@ -50,7 +50,7 @@ def score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -
 
 DETECTOR = register(Detector(
     name="attention_sink", head_type="Active-Dormant Head", task="natural_text", sites=frozenset({Site.PATTERN}),
-    causal=CausalCheckSpec(task="natural_text"),
+    causal=CausalCheckSpec(task="natural_text", dormancy=True),
     also_finds=(("Streaming Head", "sink part"), ("Delimiter Head", "attention to special / separator tokens"),),
     score=score, threshold=EPSILON, definition="mean attention on the first token (alpha_first)",
 ))

@@ -50,10 +50,14 @@ class CausalCheckSpec:
             type's heads matter, e.g. ``"repeated_tokens"`` (loss on the second repeat).
         expected_sign: +1 when ablating the type's heads should raise that metric (hurt), -1 when it
             should lower it (a head that works against the answer, e.g. negative name movers).
+        dormancy: also test the heads at or above the threshold for dormancy on the same batch: move
+            all of a head's attention to the first token and record the KL to the clean output (attention
+            sinks: a sink head whose move changes nothing is dormant).
     """
 
     task: str
     expected_sign: int = 1
+    dormancy: bool = False
 
     def __post_init__(self) -> None:
         if self.expected_sign not in (1, -1):
@@ -93,7 +97,6 @@ class Detector:
     needs_weights: bool = False
     metric: str = "score"
     definition: str = ""
-    capture_layers: str = "all"  # transitional: the probe task's capture plan takes this over
 
     def __post_init__(self) -> None:
         canonical = catalog.canonical_head_type(self.head_type)
@@ -130,6 +133,13 @@ def register(detector: Detector) -> Detector:
     DETECTORS.register(detector.name)(detector)
     for head_type, link in detector.catalog_links():
         catalog.register_link(head_type, link)
+    return detector
+
+
+def unregister(name: str) -> Detector:
+    """Remove a registered detector and its catalog links (for throwaway detectors, e.g. in tests)."""
+    detector = DETECTORS.unregister(name)
+    catalog.unregister_links(name)
     return detector
 
 

@@ -75,12 +75,12 @@ OV = register(Detector(
     name="copy_suppression", head_type="Copy Suppression Head", task="text_tokens", sites=frozenset({Site.RESID}),
     causal=CausalCheckSpec(task="natural_text"),
     also_finds=(("Negative Name Mover Head", "copy suppression of the repeated name in IOI"),),
-    score=ov_score, threshold=0.5, needs_weights=True, capture_layers="first",
+    score=ov_score, threshold=0.5, needs_weights=True,
     definition="share of tokens whose OV output puts their own logit in the bottom 5% (token sample)",
 ))
 QK = register(Detector(
     name="copy_suppression_qk", head_type="Copy Suppression Head", task="text_tokens", sites=frozenset({Site.RESID}),
     causal=CausalCheckSpec(task="natural_text"),
-    score=qk_score, threshold=0.5, needs_weights=True, capture_layers="first",
+    score=qk_score, threshold=0.5, needs_weights=True,
     definition="share of tokens t for which a query predicting t ranks key t in the top 5% (no RoPE)",
 ))

@@ -94,12 +94,12 @@ ATTENTION = register(Detector(
 COPY = register(Detector(
     name="name_copy", head_type="Name Mover Head", task="ioi_names", sites=frozenset({Site.RESID}),
     causal=CausalCheckSpec(task="ioi"),
-    score=copy_score, threshold=0.5, needs_weights=True, capture_layers="first",
+    score=copy_score, threshold=0.5, needs_weights=True,
     definition="share of names the head's OV circuit ranks first among the names",
 ))
 NEGATIVE_COPY = register(Detector(
     name="negative_name_copy", head_type="Negative Name Mover Head", task="ioi_names", sites=frozenset({Site.RESID}),
     causal=CausalCheckSpec(task="ioi", expected_sign=-1),
-    score=negative_copy_score, threshold=0.5, needs_weights=True, capture_layers="first",
+    score=negative_copy_score, threshold=0.5, needs_weights=True,
     definition="share of names the head's OV circuit ranks last among the names",
 ))

@@ -76,6 +76,6 @@ def score(record: CaptureRecord, meta: Mapping[str, Any], weights: CircuitWeight
 DETECTOR = register(Detector(
     name=NAME, head_type="Successor Head", task="ordinal_tokens", sites=frozenset({Site.RESID}),
     causal=CausalCheckSpec(task="ordinal"),
-    score=score, threshold=0.5, needs_weights=True, capture_layers="first",
+    score=score, threshold=0.5, needs_weights=True,
     definition="share of ordinal tokens whose effective OV output ranks their successor first within the sequence",
 ))

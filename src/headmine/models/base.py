@@ -285,24 +285,3 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
     ADAPTERS.register(*cls.families)(cls)
     return cls
 
-
-def supported_families() -> list[str]:
-    """``config.model_type`` values with a registered adapter (built-ins included)."""
-    from headmine.models import families  # noqa: F401  (importing registers the built-in adapters)
-
-    return ADAPTERS.names()
-
-
-def adapter_for(model: nn.Module) -> ModelAdapter:
-    """The adapter for ``model``, chosen by ``config.model_type``."""
-    supported_families()
-    model_type = getattr(model.config, "model_type", "?")
-    if model_type not in ADAPTERS:
-        raise UnsupportedModelError(
-            f"no headmine adapter for model family {model_type!r}; supported: {', '.join(ADAPTERS.names())}",
-            "add one: copy src/headmine/models/llama.py (separate q/k/v projections, RMSNorm) or gpt2.py "
-            "(fused, Conv1D, LayerNorm), set the module paths, the norm conventions (norm_kind, norm_eps_attr, "
-            "attn_norm_name, ...) and `families = (\"" + model_type + "\",)`, and import it in "
-            "models/families.py; the conformance suite in tests/adapters then checks it",
-        )
-    return ADAPTERS.get(model_type)(model)

@@ -20,10 +20,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from headmine.core.errors import InputError, ModelLoadError
 from headmine.core.provenance import ModelProvenance, file_sha256
-from headmine.models.base import HeadGeometry, ModelAdapter, adapter_for
+from headmine.models.base import ADAPTERS, HeadGeometry, ModelAdapter
+from headmine.models.families import adapter_for
 
 DEFAULT_MODEL = "smollm2"
 _DATA = Path(__file__).resolve().parent.parent / "data"
@@ -207,8 +209,6 @@ def _gguf_to_cache(path: Path) -> tuple[Path, str]:
     target = cache_root() / "gguf" / digest[:24]
     if (target / "config.json").exists():
         return target, digest
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{digest[:24]}-"))
     try:
@@ -245,8 +245,6 @@ def load_model(
     Eager attention is the default because it returns attention patterns; pass ``"sdpa"`` for speed
     when no patterns are needed (capture then switches to eager only while patterns are recorded).
     """
-    from transformers import AutoConfig
-
     file_hash: str | None = None
     source = name
     if name in EMBEDDED:
@@ -285,13 +283,8 @@ def load_model(
             f"could not read a model config from {folder!r} ({exc.__class__.__name__})",
             "check the name; hub ids need network access (or a filled HF cache)",
         ) from None
-    from headmine.models import families  # noqa: F401
-    from headmine.models.base import ADAPTERS
-
     if config.model_type not in ADAPTERS:
         adapter_for(_ConfigOnly(config))  # raises the clear unsupported-family error
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
-
     auto = AutoModelForCausalLM if ADAPTERS.get(config.model_type).is_causal else AutoModel
     try:
         model = auto.from_pretrained(

@@ -65,11 +65,6 @@ def check_declared_tasks(detectors: list[Detector]) -> None:
                 raise TaskError(f"detector {d.name!r}: {err.problem}", err.hint) from err
 
 
-def _dormancy_wanted(det: Detector) -> bool:
-    # transitional: the sink detector's CausalCheckSpec does not declare its dormancy follow-up yet
-    return bool(getattr(det.causal, "dormancy", det.name == "attention_sink"))
-
-
 def _groups(result: ScanResult) -> tuple[dict[str, list[Detector]], list[str]]:
     """Detectors to check, grouped by their check's task (scan order), and notes on the others."""
     by_task: dict[str, list[Detector]] = {}
@@ -143,7 +138,7 @@ def run_causal_checks(lm: LoadedModel, result: ScanResult, *, progress: Progress
                              "metric": f"{evaluation.metric}:{metric_name}" if metric_name != "k" else "k",
                              "value": value, "n": len(ev.batch)})
         for d in dets:
-            if _dormancy_wanted(d):
+            if d.causal is not None and d.causal.dormancy:
                 top = result.top(d.name, cfg.dormant_top)
                 heads = [HeadId(int(r.layer), int(r.head)) for r in top.itertuples() if r.value > d.threshold]
                 rows.extend(dormancy_rows(lm, heads, ids, mask))

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headmine.atlas import write_job
+import torch
+
+from headmine.atlas import Atlas, write_job
 from headmine.causal.head_gating import CHGConfig, task_data
 from headmine.causal.methods import get_method
 from headmine.core.errors import InputError, TaskError
@@ -24,6 +26,7 @@ from headmine.pipeline.causal import run_causal
 from headmine.pipeline.factual import FactualConfig, run_factual
 from headmine.pipeline.gating import gate_model
 from headmine.pipeline.scan import ScanConfig, scan_model
+from headmine.tasks import load_task
 
 #: progress(stage, done, total): the stage's own progress, as the pipelines report it.
 StageProgress = Callable[[str, int, int], None]
@@ -124,8 +127,6 @@ def _factual(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: St
 
 def toolkit_task(lm: LoadedModel) -> str:
     """IOI where the tokenizer has single-token names; else in-context repetition (e.g. toy vocabularies)."""
-    from headmine.tasks import load_task
-
     try:
         load_task("ioi", lm.tokenizer, n=2, seed=0)
     except TaskError:
@@ -155,8 +156,6 @@ def stages_for(lm: LoadedModel, budget: Budget) -> list[Stage]:
 
 def completed_stages(atlas_path: str | Path, group_id: str) -> set[tuple[str, str | None]]:
     """(kind, task) pairs already written by this session."""
-    from headmine.atlas import Atlas
-
     if not Path(atlas_path).exists():
         return set()
     with Atlas.open(atlas_path, create=False) as db:
@@ -171,8 +170,6 @@ def _done(stage: Stage, completed: set[tuple[str, str | None]]) -> bool:
 
 def forward_seconds(lm: LoadedModel) -> float:
     """Wall time of one plain forward of a small batch: the unit of the time estimate."""
-    import torch
-
     ids = torch.randint(10, min(lm.geometry.vocab_size, 1000), (8, 64), generator=torch.Generator().manual_seed(0))
     lm.forward(ids)  # warm-up
     start = time.perf_counter()

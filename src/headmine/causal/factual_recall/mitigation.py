@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
+from headmine.capture import CaptureSpec, run_capture
 from headmine.capture.hooks import HookSpec, hooks
 from headmine.causal import Scale, intervening
 from headmine.causal.factual_recall.common import (
@@ -40,7 +42,7 @@ from headmine.causal.factual_recall.common import (
     sub_batches,
 )
 from headmine.core.errors import InputError, TaskError
-from headmine.core.ids import HeadId
+from headmine.core.ids import HeadId, Site
 from headmine.models.loading import LoadedModel
 from headmine.tasks.base import TokenBatch
 
@@ -61,8 +63,6 @@ class Mitigation:
 
     def save(self, path: str | Path) -> tuple[Path, Path | None]:
         """Write ``<stem>.json`` (+ ``<stem>.safetensors`` when there are directions)."""
-        from safetensors.torch import save_file
-
         p = Path(path)
         stem = p.with_suffix("")
         doc = {"name": self.name, "head_scales": [[h.layer, h.head, f] for h, f in self.head_scales],
@@ -85,8 +85,6 @@ class Mitigation:
         doc = json.loads(js.read_text())
         dirs: dict[int, torch.Tensor] = {}
         if doc.get("remove_directions"):
-            from safetensors.torch import load_file
-
             tensors = load_file(str(js.with_suffix(".safetensors")))
             dirs = {int(k): tensors[f"direction.{k}"] for k in doc["remove_directions"]}
         return cls(name=doc["name"], head_scales=tuple((HeadId(a, b), float(f)) for a, b, f in doc["head_scales"]),
@@ -233,9 +231,6 @@ def candidate_mitigations(lm: LoadedModel, train: TokenBatch, suppressor_heads: 
     cands.append(Mitigation(f"skip layer {layer}", head_scales=tuple((HeadId(layer, h), 0.0) for h in range(g.n_heads)),
                             mlp_scales=((layer, 0.0),)))
     # the final MLP's mean raw output at the answer position (its input-independent part)
-    from headmine.capture import CaptureSpec, run_capture
-    from headmine.core.ids import Site
-
     acc = torch.zeros(g.d_model)
     for sub in sub_batches(train, 16):
         rec = run_capture(lm, CaptureSpec(sites=frozenset({Site.MLP_OUT}), layers=(layer,),

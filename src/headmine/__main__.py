@@ -1,0 +1,5 @@
+"""`python -m headmine ...` is the `headmine` command."""
+
+from headmine.cli.main import main
+
+main()
