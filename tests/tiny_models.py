@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from headmine.core.provenance import ModelProvenance
-from headmine.models.base import adapter_for
+from headmine.models.families import adapter_for
 from headmine.models.loading import LoadedModel
 
 VOCAB = 97

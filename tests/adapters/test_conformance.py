@@ -9,7 +9,7 @@ from headmine.capture import CaptureSpec, run_capture
 from headmine.causal import Gate, Zero, intervening
 from headmine.core.errors import HeadIndexError, UnsupportedModelError
 from headmine.core.ids import HeadId, Site
-from headmine.models.base import adapter_for, supported_families
+from headmine.models.families import adapter_for, supported_families
 from headmine.pipeline import doctor
 from tests.tiny_models import CONFIGS, VOCAB, tiny_model
 

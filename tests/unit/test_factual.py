@@ -33,7 +33,7 @@ from headmine.causal.factual_recall import (
 )
 from headmine.core.ids import HeadId
 from headmine.core.provenance import ModelProvenance
-from headmine.models.base import adapter_for
+from headmine.models.families import adapter_for
 from headmine.models.loading import LoadedModel
 from headmine.tasks.base import TokenBatch, pad_batch
 
