@@ -1,14 +1,9 @@
 """Causal methods on one engine: interventions at head sites.
 
-Importing the package registers the built-in methods in ``headmine.causal.methods.METHODS``.
+Importing the package imports every module in it, so each built-in method registers itself in
+``headmine.causal.methods.METHODS`` (a new method is one new file).
 """
 
-from headmine.causal import ablation as ablation
-from headmine.causal import activation_patching as activation_patching
-from headmine.causal import attribution_patching as attribution_patching
-from headmine.causal import direct_logit_attribution as direct_logit_attribution
-from headmine.causal import logit_lens as logit_lens
-from headmine.causal import path_patching as path_patching
 from headmine.causal.engine import intervening as intervening
 from headmine.causal.engine import run_with_interventions as run_with_interventions
 from headmine.causal.interventions import Gate as Gate
@@ -18,3 +13,6 @@ from headmine.causal.interventions import PatchFrom as PatchFrom
 from headmine.causal.interventions import Scale as Scale
 from headmine.causal.interventions import Steer as Steer
 from headmine.causal.interventions import Zero as Zero
+from headmine.core.plugins import import_submodules
+
+BUILTIN_MODULES = import_submodules("headmine.causal")

@@ -7,18 +7,7 @@ table = det(record)                    # tidy table (headmine.core.tables)
 ```
 """
 
-from headmine.detectors import (  # noqa: F401  (registration by import)
-    attention_sink,
-    copy_suppression,
-    copying,
-    duplicate_token,
-    induction,
-    name_mover,
-    positional,
-    previous_token,
-    retrieval,
-    successor,
-)
+from headmine.core.plugins import import_submodules
 from headmine.detectors.base import DETECTORS as DETECTORS
 from headmine.detectors.base import BatchScores as BatchScores
 from headmine.detectors.base import CausalCheckSpec as CausalCheckSpec
@@ -29,3 +18,6 @@ from headmine.detectors.base import register as register
 from headmine.detectors.base import resolve_detectors as resolve_detectors
 from headmine.detectors.base import unregister as unregister
 from headmine.detectors.weights import CircuitWeights as CircuitWeights
+
+BUILTIN_MODULES = import_submodules("headmine.detectors")
+"""Every module of ``headmine.detectors``: each detector file registers itself (a new detector is one file)."""

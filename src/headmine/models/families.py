@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from headmine.core.errors import UnsupportedModelError
-from headmine.models import bert, gemma, gpt2, gpt_neox, llama, opt  # noqa: F401  (importing registers them)
+from headmine.core.plugins import import_submodules
 from headmine.models.base import ADAPTERS, ModelAdapter
 
 
@@ -27,7 +27,12 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
             f"no headmine adapter for model family {model_type!r}; supported: {', '.join(supported_families())}",
             "add one: copy src/headmine/models/llama.py (separate q/k/v projections, RMSNorm) or gpt2.py "
             "(fused, Conv1D, LayerNorm), set the module paths, the norm conventions (norm_kind, norm_eps_attr, "
-            "attn_norm_name, ...) and `families = (\"" + model_type + "\",)`, and import it in "
-            "models/families.py; the conformance suite in tests/adapters then checks it",
+            "attn_norm_name, ...) and `families = (\"" + model_type + "\",)` in a new file under "
+            "src/headmine/models/ (or a plugin package); the conformance suite in tests/adapters then checks it",
         )
     return ADAPTERS.get(model_type)(model)
+
+
+BUILTIN_MODULES = import_submodules("headmine.models")
+"""Every module of ``headmine.models``: each family file registers its adapter when imported (last, so
+the modules that import this one find its functions defined)."""

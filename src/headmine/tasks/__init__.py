@@ -7,8 +7,7 @@ causal evaluation. Each task is one module that registers itself; builders are c
 ``builder(tokenizer, *, n, seed, **params)`` and are deterministic.
 """
 
-# every task module registers itself on import; the isolated-token probes export no builder here
-from headmine.tasks import isolated_tokens as isolated_tokens
+from headmine.core.plugins import import_submodules
 from headmine.tasks.agreement import agreement
 from headmine.tasks.arithmetic import arithmetic
 from headmine.tasks.base import (
@@ -82,3 +81,6 @@ __all__ = [
     "token_loss",
     "token_pool",
 ]
+
+BUILTIN_MODULES = import_submodules("headmine.tasks")
+"""Every module of ``headmine.tasks``: each task file registers itself (a new task is one file)."""
