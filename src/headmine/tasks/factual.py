@@ -4,7 +4,8 @@ from a file, zero-shot or few-shot prompts, subject-swap corruptions."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,14 @@ def factual(
     require_equal_length: bool = True,
     metric: str = "answer_logprob",
     template: str | None = None,
+    subjects: Mapping[str, Collection[str]] | None = None,
 ) -> PromptSet:
     """Factual recall prompts, cycling over ``relations`` (built-in names or relation-file paths;
     default all built-ins), zero-shot or with ``shots`` solved examples of the same relation
     prepended ("The capital of Japan is Tokyo.\\n..."). ``template`` (with ``{subject}``) overrides
-    the template of relation files (built-ins keep theirs).
+    the template of relation files (built-ins keep theirs). ``subjects`` (relation name -> subjects)
+    keeps only those facts of a relation: its queries, demonstrations and corruption partners all
+    come from them (one split of the facts, so no other fact appears in these prompts).
 
     Corrupted = the subject replaced by another subject of the same relation with a different
     answer; with ``require_equal_length`` only swaps giving the same token length are used
@@ -159,6 +163,9 @@ def factual(
         builtin_relation(r, tokenizer) if r in BUILTIN_RELATIONS else load_relation(r, tokenizer, template=template, strict=True)
         for r in names
     ]
+    if subjects is not None:
+        rels = [rel if rel.name not in subjects else
+                replace(rel, pairs=tuple(p for p in rel.pairs if p[0] in set(subjects[rel.name]))) for rel in rels]
     for rel in rels:
         if len({a for _, a in rel.pairs}) < 2 or len(rel.pairs) < shots + 2:
             raise TaskError(f"relation {rel.name!r} has too few usable pairs ({len(rel.pairs)}) for shots={shots}",
