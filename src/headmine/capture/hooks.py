@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
+from transformers import PreTrainedModel
+
+from headmine.models.base import attention_implementation_of
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,16 @@ def hooks(specs: Sequence[HookSpec]) -> Iterator[None]:
 @contextmanager
 def attention_implementation(model: nn.Module, implementation: str) -> Iterator[str]:
     """Temporarily switch HF attention (e.g. to "eager" so patterns are returned); yields the previous one."""
-    previous = model.config._attn_implementation
+    previous = attention_implementation_of(model)
     if previous == implementation:
         yield previous
         return
-    model.set_attn_implementation(implementation)
+    hf = cast(PreTrainedModel, model)
+    hf.set_attn_implementation(implementation)
     try:
         yield previous
     finally:
-        model.set_attn_implementation(previous)
+        hf.set_attn_implementation(previous)
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -17,6 +17,7 @@ from headmine.capture.hooks import HookSpec, attention_implementation, hooks
 from headmine.capture.records import CaptureRecord, CaptureSpec
 from headmine.core.errors import CaptureError
 from headmine.core.ids import Site
+from headmine.models.base import attention_implementation_of
 from headmine.models.loading import LoadedModel
 
 T = TypeVar("T")
@@ -185,7 +186,7 @@ def capturing(
     collector = _Collector(loaded, spec, input_ids, attention_mask)
     box: dict[str, Any] = {}
     with ExitStack() as stack:
-        source = loaded.model.config._attn_implementation
+        source = attention_implementation_of(loaded.model)
         if Site.PATTERN in spec.sites and source != "eager":
             stack.enter_context(attention_implementation(loaded.model, "eager"))
             source = f"eager (switched from {source} for this capture)"

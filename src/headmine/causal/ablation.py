@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from headmine.capture import CaptureSpec, run_capture
+from headmine.capture import CaptureRecord, CaptureSpec, run_capture
 from headmine.causal.engine import run_with_interventions
 from headmine.causal.fast_sweep import PrefixCache, head_variants, sweep_variants
 from headmine.causal.interventions import Intervention, Mean, PatchFrom, Zero
@@ -26,7 +26,7 @@ MODES = ("zero", "mean", "resample")
 REFERENCES = ("self", "corrupted")
 
 
-def reference_z(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> object:
+def reference_z(loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> CaptureRecord:
     """A capture record holding z of every head (for mean / resample references)."""
     return run_capture(loaded, CaptureSpec(sites=frozenset({Site.Z}), keep_logits=False), input_ids, attention_mask)
 

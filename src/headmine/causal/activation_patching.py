@@ -78,12 +78,12 @@ def activation_patching(
     if fast:
         cache = PrefixCache(loaded, base_ids, base_mask)
         baseline = metric(cache.logits).cpu()
-        res = sweep_variants(cache, metric, variants, lambda layer: src.z[layer][None], max_rows=max_rows)  # type: ignore[attr-defined]
+        res = sweep_variants(cache, metric, variants, lambda layer: src.z[layer][None], max_rows=max_rows)
     else:
         baseline = metric(run_with_interventions(loaded, base_ids, base_mask)).cpu()
         rows = []
         for v in variants:
-            iv = PatchFrom(heads=(HeadId(v.layer, v.head),), source={v.layer: src.z[v.layer]},  # type: ignore[attr-defined]
+            iv = PatchFrom(heads=(HeadId(v.layer, v.head),), source={v.layer: src.z[v.layer]},
                            positions=None if v.position is None else (v.position,))
             rows.append(metric(run_with_interventions(loaded, base_ids, base_mask, [iv])).cpu())
         res = torch.stack(rows)

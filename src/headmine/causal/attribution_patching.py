@@ -78,7 +78,10 @@ def z_gradients(
         values = metric(out.logits)
         values.sum().backward()
     rec = box["record"]
-    grads = {layer: d.grad.detach() for layer, d in deltas.items()}  # type: ignore[union-attr]
+    grads: dict[int, torch.Tensor] = {}
+    for layer, d in deltas.items():
+        assert d.grad is not None  # every delta is added to its layer's z, so backward reaches it
+        grads[layer] = d.grad.detach()
     z = {layer: rec.z[layer].detach() for layer in range(g.n_layers)}
     return z, grads, values.detach().cpu()
 
@@ -121,7 +124,7 @@ def attribution_patching(
     out = torch.empty(shape)
     real = clean_mask.to(loaded.device)[:, :, None, None].to(z[0].dtype)
     for layer in range(g.n_layers):
-        contrib = ((corr.z[layer].to(z[layer].dtype) - z[layer]) * grads[layer] * real).sum(-1)  # type: ignore[attr-defined]
+        contrib = ((corr.z[layer].to(z[layer].dtype) - z[layer]) * grads[layer] * real).sum(-1)
         # contrib [B, T, H]
         out[layer] = (contrib.permute(2, 1, 0) if per_position else contrib.sum(1).T).cpu()
     method = "attribution" if ig_steps == 0 else f"attribution_ig{ig_steps}"

@@ -158,7 +158,7 @@ def direct_logit_attribution(
     if u_bias is not None:
         ub = u_bias.float()
         tgt = ub[metric.target_id]
-        rest = rest + (tgt - ub[metric.wrong_id] if metric.kind == "logit_diff" else tgt)  # type: ignore[index]
+        rest = rest + (tgt - ub[metric.wrong_id] if metric.kind == "logit_diff" else tgt)
     if a.final_logit_softcap() is not None:  # the cap bends the logits after the linear unembedding
         with torch.no_grad():
             uncapped = a.readout(resid_final, softcap=False)

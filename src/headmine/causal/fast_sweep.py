@@ -91,8 +91,8 @@ class PrefixCache:
         self.input_ids = input_ids.to(loaded.device)
         self.attention_mask = (torch.ones_like(self.input_ids) if attention_mask is None else attention_mask.to(loaded.device))
         self.batch = int(self.input_ids.shape[0])
-        self.resid: list[torch.Tensor] = [None] * g.n_layers  # type: ignore[list-item]
-        self.call_args: list[tuple[tuple, dict]] = [None] * g.n_layers  # type: ignore[list-item]
+        self.resid: dict[int, torch.Tensor] = {}  # layer -> its input hidden states [B, T, D]
+        self.call_args: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}  # layer -> its other arguments
 
         def grab(i: int) -> Callable:
             def fn(module, args, kwargs):

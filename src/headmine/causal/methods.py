@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -98,7 +98,8 @@ class CausalMethod(ABC, Generic[C]):
 
     def config(self, **options: Any) -> C:
         """Build this method's config from keyword options (validated by the dataclass)."""
-        return self.config_cls(**options)  # type: ignore[return-value]
+        # config_cls is C's class; a ClassVar cannot name the type variable, so the checker sees MethodConfig
+        return cast(C, self.config_cls(**options))
 
     def needs_corrupted(self, config: C) -> bool:
         """Whether every prompt needs a corrupted counterpart."""

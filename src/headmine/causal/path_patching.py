@@ -104,9 +104,9 @@ def path_patching(
     if sender_value not in ("corrupted", "mean"):
         raise InputError(f"sender_value={sender_value!r} is not understood", "use 'corrupted' or 'mean'")
     to_logits = isinstance(receivers, str)
-    if to_logits and receivers != "logits":
+    if isinstance(receivers, str) and receivers != "logits":
         raise InputError(f"receivers={receivers!r} is not understood", "use 'logits' or a list of HeadId")
-    recv: list[HeadId] = [] if to_logits else [HeadId(int(h.layer), int(h.head)) for h in receivers]  # type: ignore[union-attr]
+    recv: list[HeadId] = [] if isinstance(receivers, str) else [HeadId(int(h.layer), int(h.head)) for h in receivers]
     for h in recv:
         g.check_head(h.layer, h.head)
     if not to_logits and not recv:
@@ -116,9 +116,11 @@ def path_patching(
     corr = reference_z(loaded, corrupted_ids, corrupted_mask)
     sites = {Site.Z, Site.MLP_OUT} if freeze_mlps else {Site.Z}
     clean = run_capture(loaded, CaptureSpec(sites=frozenset(sites), keep_logits=False), clean_ids, clean_mask)
+    # capturing MLP_OUT above already failed clearly on a family that exposes no MLP module
+    mlps = {m: mlp for m in range(g.n_layers) if (mlp := loaded.adapter.mlp(m)) is not None} if freeze_mlps else {}
     sender_z = {
         layer: (z[None] if sender_value == "corrupted" else z.mean(0)[None, None])
-        for layer, z in corr.z.items()  # type: ignore[attr-defined]
+        for layer, z in corr.z.items()
     }
     cache = PrefixCache(loaded, clean_ids, clean_mask)
     baseline = metric(cache.logits).cpu()
@@ -144,7 +146,7 @@ def path_patching(
             for m in range(layer + 1, last if not to_logits else g.n_layers):
                 masks[m] = torch.ones(k, 1, 1, 1, dtype=torch.bool)
                 values[m] = clean.z[m][None]
-            freeze = [HookSpec(loaded.adapter.mlp(m), "forward", _mlp_freeze_hook(k, clean.mlp_out[m]))  # type: ignore[arg-type]
+            freeze = [HookSpec(mlps[m], "forward", _mlp_freeze_hook(k, clean.mlp_out[m]))
                       for m in range(layer, g.n_layers if to_logits else last)] if freeze_mlps else []
             iv = RowwiseReplace(masks=masks, values=values)
             if to_logits:

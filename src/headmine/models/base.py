@@ -88,6 +88,13 @@ def weight_of(module: Any) -> torch.Tensor:
     return cast(torch.Tensor, module.weight)
 
 
+def attention_implementation_of(model: nn.Module) -> str:
+    """The attention implementation ("eager", "sdpa", ...) the HF ``model`` runs now."""
+    config: Any = model.config  # a transformers PreTrainedConfig (torch types it as ``Tensor | Module``)
+    implementation: str = config._attn_implementation
+    return implementation
+
+
 class ModelAdapter:
     """Uniform per-head access to one HF model. Subclasses set the class attributes."""
 

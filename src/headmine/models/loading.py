@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from headmine.core.errors import InputError, ModelLoadError
 from headmine.core.provenance import ModelProvenance, file_sha256
-from headmine.models.base import ADAPTERS, HeadGeometry, ModelAdapter
+from headmine.models.base import ADAPTERS, HeadGeometry, ModelAdapter, attention_implementation_of
 from headmine.models.families import adapter_for
 
 DEFAULT_MODEL = "smollm2"
@@ -215,7 +215,7 @@ def _gguf_to_cache(path: Path) -> tuple[Path, str]:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         # The de-quantised weights are plain float tensors; drop the GGUF marker so they serialise.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # set by transformers at load time, not declared on the class
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
@@ -267,6 +267,7 @@ def load_model(
                 f"unknown model {name!r}: not an embedded model name, an existing file or folder, or a hub id",
                 f"use one of {', '.join(EMBEDDED)}, a path to a model folder or .gguf file, or an id like org/model",
             )
+    folder: Path | str  # a hub id stays a string
     if path.suffix == ".gguf" or (kind != "hub" and path.is_file()):
         folder, file_hash = _gguf_to_cache(path)
         source = str(path)
@@ -287,7 +288,7 @@ def load_model(
         adapter_for(_ConfigOnly(config))  # raises the clear unsupported-family error
     auto = AutoModelForCausalLM if ADAPTERS.get(config.model_type).is_causal else AutoModel
     try:
-        model = auto.from_pretrained(
+        model: nn.Module = auto.from_pretrained(
             folder, revision=revision, dtype=dtype, attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code, use_safetensors=True,
         )
@@ -300,7 +301,7 @@ def load_model(
     adapter = adapter_for(model)
     provenance = ModelProvenance(
         name=name, source=str(source), source_kind=kind, file_hash=file_hash, revision=revision,
-        dtype=str(dtype).removeprefix("torch."), attn_implementation=model.config._attn_implementation,
+        dtype=str(dtype).removeprefix("torch."), attn_implementation=attention_implementation_of(model),
         device=str(device), model_type=config.model_type,
     )
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, adapter=adapter, provenance=provenance)

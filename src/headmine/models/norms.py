@@ -16,7 +16,7 @@ scale. With ``n = c / scale`` and ``d`` the width, ``J v = lin(v) - weight * n *
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -67,7 +67,8 @@ class NormSpec:
         w = getattr(module, "weight", None)
         b = getattr(module, "bias", None)
         if w is None:  # no gain (e.g. LayerNorm(elementwise_affine=False))
-            weight = torch.ones(int(module.normalized_shape[-1])) + gain_offset  # type: ignore[index]
+            shape = cast(tuple[int, ...], module.normalized_shape)  # a LayerNorm-like module's declared attribute
+            weight = torch.ones(int(shape[-1])) + gain_offset
         else:
             weight = w.detach().float() + gain_offset
         bias = b.detach().float() if b is not None and kind == "layer" else None

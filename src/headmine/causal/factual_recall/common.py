@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from headmine.core.errors import TaskError
@@ -146,11 +147,14 @@ def concat_batches(batches: list[TokenBatch]) -> TokenBatch:
     meta: dict[str, Any] = {}
     for key in batches[0].meta:
         vals = [b.meta.get(key) for b in batches]
-        if all(isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == len(b) for v, b in zip(vals, batches, strict=True)):
-            meta[key] = torch.cat(vals)  # type: ignore[arg-type]
-        elif all(isinstance(v, list) and len(v) == len(b) for v, b in zip(vals, batches, strict=True)):
-            meta[key] = [x for v in vals for x in v]  # type: ignore[union-attr]
-    texts = None if any(b.texts is None for b in batches) else [t for b in batches for t in b.texts]  # type: ignore[union-attr]
+        tensors = [v for v in vals if isinstance(v, torch.Tensor) and v.ndim >= 1]
+        lists = [v for v in vals if isinstance(v, list)]
+        if len(tensors) == len(batches) and all(v.shape[0] == len(b) for v, b in zip(tensors, batches, strict=True)):
+            meta[key] = torch.cat(tensors)
+        elif len(lists) == len(batches) and all(len(v) == len(b) for v, b in zip(lists, batches, strict=True)):
+            meta[key] = [x for v in lists for x in v]
+    text_lists = [b.texts for b in batches if b.texts is not None]
+    texts = [t for ts in text_lists for t in ts] if len(text_lists) == len(batches) else None
     return TokenBatch(input_ids=ids, attention_mask=mask, meta=meta, texts=texts, task=batches[0].task,
                       params={"parts": [b.params for b in batches]})
 
@@ -175,3 +179,14 @@ def end_logits(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.T
     lm.check_length(input_ids.shape[-1])
     out = submodule(lm.model, "base_model")(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device))
     return lm.adapter.unembed(rows_at(out.last_hidden_state, end_pos))
+
+
+def bootstrap_ci(values: torch.Tensor, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap of the mean of ``values`` [N] (paired differences)."""
+    x = values.double().numpy()
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
+    a = (1 - level) / 2
+    return float(x.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
