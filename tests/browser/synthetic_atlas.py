@@ -1,8 +1,18 @@
 """A schema-true synthetic atlas (written through Atlas.write_run) for report tests: no model needed.
 
 Runs mirror what the pipeline writes: a scan (detector scores, causal set rows, labels, inputs,
-``causal``/``detectors``/``timings``/``attn_examples`` artifacts), ablation and patching sweeps, a
-CHG run (G/F/N/I scores, labels, curves, targeted ablation) and a second model for comparisons.
+``causal``/``detectors``/``timings``/``attn_examples`` artifacts), IOI ablation, patching,
+attribution and DLA runs, a CHG run (G/F/N/I scores, labels, curves, targeted ablation) and a
+second model for comparisons.
+
+Known answers the report tests check:
+- L2H1 and L3H4 are confirmed induction heads (the induction check passed for them; margin
+  (1.4 - 0.1167) / 0.07 = 18.3 sd); L1H2 is a previous-token head whose check *failed*, and the
+  attention-sink labels (L0H0, L0H3) have no check: both are evidence only.
+- IOI: every method except DLA ranks ``IOI_ORDER`` first; ablation of L3H4 lowers the logit
+  difference by 2.4 (a negative effect that must rank 1 of 24, 100th percentile); ablation,
+  patching and attribution share 6 of 6 top heads, DLA shares 3 of 6 with them.
+- Ties: the retrieval score is exactly 0 on 23 heads (rank 2 of 24, tied with 22, 48th percentile).
 """
 
 from __future__ import annotations
@@ -67,6 +77,9 @@ def write_scan(db: Atlas, model: str, seed: int = 0, *, text: str = EVIL, n_laye
     sink = _map(rng, [(0, 0), (0, 3)], base=0.3, n_layers=n_layers, n_heads=n_heads)
     scores = _rows("induction", "score", ind) + _rows("previous_token", "score", prev)
     scores += _rows("duplicate_token", "score", dup) + _rows("attention_sink", "score", sink)
+    retr = np.zeros((n_layers, n_heads))
+    retr[min(3, n_layers - 1), min(4, n_heads - 1)] = 0.4  # every other head ties at exactly 0
+    scores += _rows("retrieval", "score", retr)
     scores.append(ScoreRow(layer=0, head=0, method="induction", metric="score_nan_demo", value=float("nan")))
     scores += [ScoreRow(component="set", layer=-1, head=-1, method="causal:induction", metric=f"loss:{k}", value=v)
                for k, v in (("clean", 2.1), ("topk_effect", 1.4), ("random_mean", 0.1))]
@@ -104,18 +117,43 @@ def write_scan(db: Atlas, model: str, seed: int = 0, *, text: str = EVIL, n_laye
     return db.write_run(run, scores=scores, labels=labels, inputs=inputs, artifacts=artifacts)
 
 
+IOI_ORDER = [(3, 4), (2, 1), (3, 0), (1, 5), (2, 3), (0, 2), (1, 1), (2, 5)]
+"""The IOI heads by importance, most important first (L3H4 is the answer: ablation -2.4)."""
+DLA_TOP = [(3, 4), (2, 1), (3, 0), (0, 0), (0, 1), (0, 3)]
+"""DLA's top 6: it shares 3 of the other methods' top-6 (L3H4, L2H1, L3H0)."""
+
+
+def ioi_importance(order: list[tuple[int, int]], top: float = 2.4) -> np.ndarray:
+    """A [layer, head] map with distinct importances: ``order`` first (top, top - 0.3, ...), then every
+    other head at a small distinct value, so each method's ranking is exactly known."""
+    imp = np.zeros((N_LAYERS, N_HEADS))
+    for i, (layer, head) in enumerate(order):
+        imp[layer, head] = top - 0.3 * i
+    rest = [(layer, head) for layer in range(N_LAYERS) for head in range(N_HEADS) if (layer, head) not in order]
+    for i, (layer, head) in enumerate(rest):
+        imp[layer, head] = 0.02 * (len(rest) - i) / len(rest)
+    return imp
+
+
 def write_causal(db: Atlas, model: str, seed: int = 1) -> list[int]:
-    rng = np.random.default_rng(seed)
+    """IOI runs as the causal pipeline writes them: ablation, patching (noising) and attribution
+    ``delta_logit_diff`` (negative for heads that support the answer) and DLA ``dla_logit_diff``
+    (positive for them)."""
+    del seed
+    imp = ioi_importance(IOI_ORDER)
     ids = []
-    for kind, method in (("ablation", "ablation_zero"), ("patching", "activation_patching")):
-        # the scan's induction map (same seed) scaled, plus noise: the methods agree on the ranking
-        eff = 1.3 * _map(np.random.default_rng(0), INDUCTION) + rng.normal(0, 0.01, size=(N_LAYERS, N_HEADS))
-        ids.append(db.write_run(RunRecord(kind=kind, model=model, model_info=_geometry(), task="repeated_tokens",
-                                          params={"mode": "zero"}, duration_s=1.0),
-                                scores=_rows(method, "effect", eff, n=8)))
+    for kind, method, metric, values in (
+        ("ablation", "ablation_mean", "delta_logit_diff", -imp),
+        ("patching", "patching_noising", "delta_logit_diff", -1.05 * imp),
+        ("attribution", "attribution", "delta_logit_diff", -0.9 * imp),
+        ("dla", "dla", "dla_logit_diff", 0.8 * ioi_importance(DLA_TOP)),
+    ):
+        rows = _rows(method, metric, values, n=16)
+        if kind == "patching":
+            rows += _rows(method, "frac_logit_diff", imp / 3.0, n=16)
+        ids.append(db.write_run(RunRecord(kind=kind, model=model, model_info=_geometry(), task="ioi",
+                                          params={"mode": "mean"}, duration_s=1.0), scores=rows))
     return ids
-
-
 def write_chg(db: Atlas, model: str, seed: int = 2) -> int:
     rng = np.random.default_rng(seed)
     k = 3
@@ -147,7 +185,7 @@ def build_synthetic_atlas(path: Path, *, second_model: bool = True) -> dict[str,
     ids: dict[str, int] = {}
     with Atlas.open(path) as db:
         ids["scan"] = write_scan(db, "synthetic-llama")
-        ids["ablation"], ids["patching"] = write_causal(db, "synthetic-llama")
+        ids["ablation"], ids["patching"], ids["attribution"], ids["dla"] = write_causal(db, "synthetic-llama")
         ids["chg"] = write_chg(db, "synthetic-llama")
         if second_model:
             ids["scan_b"] = write_scan(db, "synthetic-gpt2", seed=7)

@@ -77,57 +77,184 @@ def test_opens_offline_with_no_console_errors(browser, report, artifacts_dir):
         shutil.copyfile(artifacts_dir / "report-overview.png", DOCS_SCREENSHOT)
 
 
-def test_heatmaps_render_and_hover_shows_value(browser, report):
+def _set_width(driver, width: int) -> None:
+    driver.set_window_size(width, 1000)
+
+
+def _fits(driver) -> bool:
+    return driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_heatmaps_render_and_hover_shows_meaning_and_rank(browser, report):
     _open(browser, report["page"])
-    n_maps = len(browser.find_elements("css selector", "div.heatmap[data-series] svg"))
-    assert n_maps >= 10  # 4 detectors (+ NaN demo) + ablation + patching + 6 CHG metrics
+    n_maps = len(browser.find_elements("css selector", "div.heatmap[data-series] svg.heatmap"))
+    assert n_maps >= 10  # 5 detectors + 4 IOI methods + 3 CHG F/N/I (+ folded maps)
     div = _series_div(browser, "induction · score")
     cells = div.find_elements("css selector", "rect.cell")
     assert len(cells) == 4 * 6
-    fills = {c.get_attribute("fill") for c in cells}
-    assert len(fills) > 5, "cells should be coloured by value"
-    cell = div.find_element("css selector", 'rect.cell[data-i="2"][data-j="1"]')
-    _hover(browser, cell)
+    assert len({c.get_attribute("fill") for c in cells}) > 5, "cells should be coloured by value"
+    _hover(browser, div.find_element("css selector", 'rect.cell[data-i="2"][data-j="1"]'))
     tip = browser.find_element("id", "tooltip")
     assert tip.is_displayed()
-    text = tip.text
-    assert "L2H1" in text and "induction · score" in text and "value 0." in text and ("rank 1 of 24" in text or "rank 2 of 24" in text)
-    assert "Induction Head" in text
-    # curves (CHG loss) and the agreement table render too
+    assert "L2H1" in tip.text and "induction · score" in tip.text and "rank 2 of 24" in tip.text
+    assert "role: Induction Head (confirmed)" in tip.text
+    # a negative effect: ablating L3H4 lowers the logit difference, and that ranks it first
+    ablation = _series_div(browser, "ablation_mean · delta_logit_diff [ioi]")
+    browser.execute_script("arguments[0].scrollIntoView()", ablation)
+    _hover(browser, ablation.find_element("css selector", 'rect.cell[data-i="3"][data-j="4"]'))
+    text = browser.find_element("id", "tooltip").text
+    assert "ablating the head lowers the IO − S logit difference by 2.4 logits" in text
+    assert "rank 1 of 24 · 100th percentile" in text
     assert browser.find_elements("css selector", "div.curve svg path")
-    assert len(browser.find_elements("css selector", "table.agree td.rho")) >= 9
 
 
-def test_click_opens_head_page_with_attention(browser, report, artifacts_dir):
+def test_role_map_shows_confirmed_roles_only(browser, report):
     _open(browser, report["page"])
-    cell = _series_div(browser, "induction · score").find_element("css selector", 'rect.cell[data-i="2"][data-j="1"]')
-    cell.click()
-    view = browser.find_element("id", "head-view")
-    assert view.is_displayed()
-    assert not browser.find_element("id", "main").is_displayed()
+    confirmed = browser.find_elements("css selector", "table.roles a.role")
+    assert sorted(a.get_attribute("data-head") for a in confirmed) == ["L2H1", "L3H4"]
+    assert {a.text for a in confirmed} == {"Induction"}
+    failed = browser.find_element("css selector", "table.roles a[data-head='L1H2']")
+    assert failed.text == "?" and "mark" in failed.get_attribute("class")
+    assert "Previous Token Head" in failed.get_attribute("title") and "causal check failed" in failed.get_attribute("title")
+    sink = browser.find_element("css selector", "table.roles a[data-head='L0H0']")
+    assert sink.text == "?" and "no causal check" in sink.get_attribute("title")
+    assert browser.find_element("id", "card-confirmed").text.startswith("2\n")
+    checks = browser.find_element("css selector", "table.checks").text
+    assert "Pass rule" in browser.find_element("id", "types").text
+    assert "ablating should raise loss (expected sign +)" in checks and "18.3" in checks and "check failed" in checks
+
+
+def test_head_pages_title_rank_and_percentile(browser, report):
+    _open(browser, report["page"])
+    browser.get(report["page"].as_uri() + "#head/L3H4")
+    assert browser.find_element("id", "head-title").text == "Head L3H4 — Induction Head (confirmed)"
+    summary = browser.find_element("id", "head-summary").text
+    assert "Confirmed: Induction Head" in summary and "18.3 sd above random heads" in summary
+    assert "ablating the head lowers the IO − S logit difference by 2.4 logits — rank 1 of 24 · 100th percentile" in summary
+    rows = {r.find_element("css selector", "td").text: r for r in browser.find_elements("css selector", "table.head-scores tr[data-key]")}
+
+    def cells(prefix: str) -> list[str]:
+        row = next(r for k, r in rows.items() if k.startswith(prefix))
+        return [td.text for td in row.find_elements("css selector", "td")]
+
+    abl = cells("ablation_mean · delta_logit_diff [ioi]")
+    assert abl[1] == "-2.4 ± 0.01" and abl[2].startswith("ablating the head lowers") and abl[3] == "1 / 24" and abl[4] == "100th"
+    dla = cells("dla · dla_logit_diff [ioi]")
+    assert dla[2] == "its direct output raises the IO − S logit difference by 1.92 logits" and dla[3] == "1 / 24"
+    # tied values: 23 heads score exactly 0 on retrieval; they share rank 2 and the middle percentile
+    browser.get(report["page"].as_uri() + "#head/L0H0")
+    assert browser.find_element("id", "head-title").text == "Head L0H0 — no confirmed role"
+    rows = {r.find_element("css selector", "td").text: r for r in browser.find_elements("css selector", "table.head-scores tr[data-key]")}
+    retr = cells("retrieval · score")
+    assert retr[3] == "2 / 24 (tied with 22)" and retr[4] == "48th"
+    browser.get(report["page"].as_uri() + "#head/L1H2")
+    assert browser.find_element("id", "head-title").text == "Head L1H2 — no confirmed role"
+    assert "Evidence only: Previous Token Head" in browser.find_element("id", "head-summary").text
+    assert "causal check failed" in browser.find_element("css selector", "table.head-labels tr.evidence").text
+
+
+def test_method_agreement_aligns_signs(browser, report):
+    _open(browser, report["page"])
+    table = browser.find_element("css selector", "#task-ioi table.agree")
+    head = [th.text for th in table.find_elements("css selector", "tr:first-child th")][1:]
+    assert head == ["ablation_mean", "patching_noising", "attribution", "dla"]
+
+    def cell(i: int, j: int):
+        return table.find_element("css selector", f'td.agree-cell[data-i="{i}"][data-j="{j}"]')
+
+    # ablation (negative effects) and DLA (positive) agree once signs are aligned
+    assert cell(0, 1).text.splitlines() == ["6/6", "ρ 1 · n 6"]
+    assert cell(0, 2).text.startswith("6/6")
+    assert cell(0, 3).text.splitlines()[0] == "3/6" and "weak" not in cell(0, 3).get_attribute("class")
+    assert "3 of the top-6 shared" in cell(0, 3).get_attribute("title")
+    top = browser.find_elements("css selector", "#task-ioi table.task-top tr td:first-child")
+    assert top[0].text.startswith("L3H4")
+
+
+def test_colour_bars_share_scales_and_mark_zero(browser, report):
+    _open(browser, report["page"])
+    ioi = browser.find_elements("css selector", "#task-ioi .task-maps figure")
+    assert len(ioi) == 4
+    ranges = [f.find_element("css selector", ".range").text for f in ioi]
+    assert all("scale -2.52 to 2.52 logits (importance), shared by 4 maps" in r for r in ranges), ranges
+    assert "this map: min" in ranges[0] and "max 2.4 " in ranges[0]  # its own range, not the scale's
+    for f in ioi:
+        labels = [t.text for t in f.find_elements("css selector", "svg.colourbar text.tick-label")]
+        assert "0" in labels and "2" in labels and "-2" in labels
+        assert f.find_elements("css selector", "svg.colourbar line.zero")
+    # all detector maps share one score scale, so a weak detector looks weak
+    scan = [f.find_element("css selector", ".range").get_attribute("textContent")
+            for f in browser.find_elements("css selector", "#types .type-card figure")]
+    scales = {r.split(" · ")[1] for r in scan}
+    assert len(scales) == 1 and "shared by 5 maps" in scales.pop()
+
+
+def test_no_horizontal_overflow_at_800px(browser, report):
+    _set_width(browser, 800)
+    try:
+        _open(browser, report["page"])
+        assert _fits(browser)
+        for hid in ("L2H1", "L3H4", "L0H0"):
+            browser.get(report["page"].as_uri() + f"#head/{hid}")
+            assert _fits(browser), hid
+        _open(browser, report["files"].index)
+        assert _fits(browser)
+    finally:
+        _set_width(browser, 1400)
+
+
+def test_keyboard_jump_box_and_attention_view(browser, report, artifacts_dir):
+    from selenium.webdriver.common.keys import Keys
+
+    _open(browser, report["page"])
+    svg = _series_div(browser, "induction · score").find_element("css selector", "svg.heatmap")
+    browser.execute_script("arguments[0].focus()", svg)
+    svg.send_keys(Keys.ARROW_DOWN, Keys.ARROW_DOWN, Keys.ARROW_RIGHT)
+    assert svg.get_attribute("data-at") == "2,1"
+    assert "L2H1" in browser.find_element("id", "tooltip").text
+    svg.send_keys(Keys.ENTER)
     assert browser.current_url.endswith("#head/L2H1")
-    assert browser.find_element("id", "head-title").text.startswith("Head L2H1 — Induction Head")
-    assert "Induction Head" in view.find_element("css selector", "table.head-labels").text
-    assert len(view.find_elements("css selector", "table.head-scores tr")) > 10
-    assert view.find_elements("css selector", "ul.papers li a[href^='https://arxiv.org/abs/']")
+    assert browser.find_element("id", "head-title").text == "Head L2H1 — Induction Head (confirmed)"
+    view = browser.find_element("id", "head-view")
     tokens = view.find_elements("css selector", ".tokens span.tok")
     assert len(tokens) == 12
+    readout = view.find_element("css selector", ".readout")
+    assert readout.text.startswith("query 11")  # the final query token is preselected
+    assert "query" in tokens[11].get_attribute("class")
     _hover(browser, tokens[9])
-    readout = view.find_element("css selector", ".readout").text
-    assert readout.startswith("query 9") and "attends to" in readout
+    assert readout.text.startswith("query 9") and "attends to" in readout.text
     assert "rgba(214, 39, 40" in tokens[4].get_attribute("style")  # the induction target lights up
-    matrix_cell = view.find_element("css selector", '.attn-matrix rect.cell[data-i="9"][data-j="4"]')
-    _hover(browser, matrix_cell)
+    _hover(browser, view.find_element("css selector", '.attn-matrix rect.cell[data-i="9"][data-j="4"]'))
     assert "weight 0.85" in browser.find_element("id", "tooltip").text
+    first = view.find_element("css selector", '.attn-matrix rect.cell[data-i="0"][data-j="0"]')
+    assert first.get_attribute("fill") != "#eeeeee"
+    browser.find_element("id", "hide-first").click()
+    first = view.find_element("css selector", '.attn-matrix rect.cell[data-i="0"][data-j="0"]')
+    assert first.get_attribute("fill") == "#eeeeee"
     browser.save_screenshot(str(artifacts_dir / "report-head.png"))
-    # role map navigation and back
-    browser.execute_script("window.scrollTo(0, 0)")  # the sticky header covers links Selenium scrolls to the top
+    # jump-to-head box, back link, and role-map navigation
+    box = browser.find_element("id", "jump-input")
+    box.send_keys("l3 h4", Keys.ENTER)
+    assert browser.current_url.endswith("#head/L3H4")
+    box.clear()
+    box.send_keys("L9H9", Keys.ENTER)
+    assert "no such head" in browser.find_element("id", "jump-msg").text
+    browser.execute_script("window.scrollTo(0, 0)")
     browser.find_element("css selector", "a.back").click()
     assert browser.find_element("id", "main").is_displayed()
     browser.execute_script("document.getElementById('roles').scrollIntoView()")
     browser.find_element("css selector", "table.roles a[href='#head/L1H2']").click()
     assert browser.find_element("id", "head-title").text.startswith("Head L1H2")
     assert _console_errors(browser) == []
+
+
+def test_chg_fit_without_convergence_is_evidence(browser, report):
+    _open(browser, report["page"])
+    chg = browser.find_element("id", "chg").text
+    assert "Convergence not recorded by this run" in chg and "F = G⁻" in chg
+    browser.get(report["page"].as_uri() + "#head/L2H1")
+    labels = browser.find_element("css selector", "table.head-labels").text
+    assert "facilitating" in labels and "CHG convergence not recorded" in labels
 
 
 def test_hostile_strings_render_as_text(browser, report):

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -17,6 +18,11 @@ from headmine.atlas import Atlas, LabelRow, RunRecord, ScoreRow, load_head_types
 from headmine.core.errors import AtlasError, InputError
 from headmine.report import MANIFEST, build_report, load_model_data, parse_attn_examples, script_json, slug
 from headmine.report.compare import compare_models, compare_runs
+from headmine.report.evidence import describe_check, head_evidence
+from headmine.report.meaning import meaning_for
+from headmine.report.render import SCRIPTS
+from headmine.report.runs import model_header
+from headmine.report.series import Series, method_agreement, ranks
 from tests.browser.synthetic_atlas import EVIL, build_synthetic_atlas, write_scan
 
 
@@ -56,8 +62,9 @@ def test_hostile_strings_never_reach_the_page_as_markup(pages):
 
 
 def test_page_script_and_style_are_inline_and_inert():
-    js = resources.files("headmine.report").joinpath("static", "report.js").read_text(encoding="utf-8")
-    assert "</" not in js and "innerHTML" not in js and "eval(" not in js and "fetch(" not in js
+    for name in SCRIPTS:
+        js = resources.files("headmine.report").joinpath("static", name).read_text(encoding="utf-8")
+        assert "</" not in js and "innerHTML" not in js and "eval(" not in js and "fetch(" not in js, name
     css = resources.files("headmine.report").joinpath("static", "report.css").read_text(encoding="utf-8")
     assert "url(" not in css and "@import" not in css
 
@@ -77,26 +84,106 @@ def test_model_data_is_generic_over_methods(atlas):
     with Atlas.open(path, readonly=True) as db:
         d = load_model_data(db, "synthetic-llama")
     labels = {s.label for s in d.series}
-    assert {"induction · score", "previous_token · score", "ablation_zero · effect [repeated_tokens]",
-            "chg · F [natural_text]", "chg · G_plus [natural_text]"} <= labels
+    assert {"induction · score", "previous_token · score", "ablation_mean · delta_logit_diff [ioi]",
+            "dla · dla_logit_diff [ioi]", "chg · F [natural_text]", "chg · G_plus [natural_text]"} <= labels
     assert (d.n_layers, d.n_heads) == (4, 6)
-    assert d.roles["L2H1"]["head_type"] == "Induction Head"  # canonical labels beat CHG's role labels
-    assert d.roles["L1H2"]["head_type"] == "Previous Token Head"
-    assert [x["head_type"] for x in d.labels["L2H1"]] == ["Induction Head", "facilitating"]
-    # agreement: induction scores and the ablation/patching effects rank the same heads first
-    ag = d.agreement
-    idx = {lab: i for i, lab in enumerate(ag["labels"])}
-    rho = ag["rho"][idx["induction · score"]][idx["ablation_zero · effect [repeated_tokens]"]]
-    assert rho is not None and rho > 0.2
-    assert all(ag["rho"][i][i] == 1.0 for i in range(len(ag["keys"])))
+    # confirmed roles only: the induction check passed for L2H1/L3H4; previous-token failed; sinks untested
+    assert {h: r["status"] for h, r in d.roles.items()} == {"L2H1": "confirmed", "L3H4": "confirmed", "L1H2": "evidence",
+                                                           "L0H0": "evidence", "L0H3": "evidence"}
+    assert d.roles["L2H1"]["head_type"] == "Induction Head"
+    assert d.evidence["L1H2"]["headline"] is None and d.evidence["L1H2"]["evidence"][0]["status"] == "causal check failed"
+    assert [x["status"] for x in d.evidence["L2H1"]["evidence"]] == ["CHG convergence not recorded"]
+    assert d.n_confirmed_heads == 2 and d.n_confirmed_types == 1
+    # the IOI panel: four methods, signs aligned, DLA shares 3 of the top 6
+    (ioi,) = d.tasks
+    assert [m["method"] for m in ioi["maps"]] == ["ablation_mean", "patching_noising", "attribution", "dla"]
+    ag = ioi["agreement"]
+    assert ag["k"] == 6 and ag["overlap"][0][1] == 6 and ag["rho"][0][1] == 1.0 and ag["overlap"][0][3] == 3
+    assert ioi["top"][0]["head"] == "L3H4" and [c["rank"] for c in ioi["top"][0]["cells"]] == [1, 1, 1, 1]
+    assert d.scales["task:ioi:importance"] == {"lo": -2.52, "hi": 2.52, "unit": "logits", "aligned": True, "n_maps": 4,
+                                              "diverging": True}
+    assert d.scales["scan:score"]["n_maps"] == 5 and d.scales["scan:score"]["lo"] == 0.0
     types = {t["name"]: t for t in d.head_types}
-    assert types["Induction Head"]["labelled"][0]["head"] in {"L2H1", "L3H4"}
+    assert types["Induction Head"]["verdict"] == "confirmed" and types["Previous Token Head"]["verdict"] == "failed"
+    assert [x["head"] for x in types["Induction Head"]["confirmed"]] == ["L3H4", "L2H1"] or \
+        [x["head"] for x in types["Induction Head"]["confirmed"]] == ["L2H1", "L3H4"]
+    tops = types["Induction Head"]["detector_tops"][0]["heads"]
+    assert [x["value"] for x in tops] == sorted((x["value"] for x in tops), reverse=True)
+    assert list(d.head_types).index(types["Induction Head"]) == 0
     assert len(types["Induction Head"]["papers"]) >= 5
-    assert d.causal_checks and d.causal_checks[0]["confirmed"] is True
+    checks = {c["detector"]: c for c in d.causal_checks}
+    assert checks["induction"]["verdict"] == "confirmed" and checks["induction"]["margin_z"] == 18.3
+    assert checks["previous_token"]["verdict"] == "failed" and "random draws" in checks["previous_token"]["rule"]
     assert {c["name"] for c in d.curves} >= {"G/loss", "G+/loss", "targeted ablation", "dla · logit (mlp)"}
     assert d.attn["patterns"]["L2H1"][0][9][4] == 0.85
     assert any(r["component"] == "set" for r in d.other_scores)
     assert all(x in d.papers_by_type for x in ("Induction Head", "Previous Token Head"))
+    assert d.chg[0]["converged"] is None and len(d.chg[0]["seeds"]) == 3  # F per seed (the synthetic run stores F only)
+
+
+def test_meaning_sign_convention():
+    abl = meaning_for("ablation", "ioi", "ablation_mean", "delta_logit_diff")
+    assert abl.sign == -1 and abl.describe(-2.38) == "ablating the head lowers the IO − S logit difference by 2.38 logits"
+    assert meaning_for("dla", "ioi", "dla", "dla_logit_diff").sign == 1
+    assert meaning_for("patching", "ioi", "patching_denoising", "delta_logit_diff").sign == 1
+    assert meaning_for("patching", "ioi", "patching_noising", "delta_logit_diff").sign == -1
+    assert meaning_for("attribution", "ioi", "attribution", "delta_answer_logprob").unit == "nats"
+    assert meaning_for("scan", None, "induction", "score").sign == 1
+    assert meaning_for("chg", "ioi", "chg", "F").sign == 1
+    unknown = meaning_for("mystery", None, "m", "weird")
+    assert unknown.sign == 0 and "|value|" in unknown.importance
+
+
+def test_ranks_handle_ties_and_signs():
+    vals = np.array([[0.0, 0.0, 0.0], [0.0, 0.4, -2.0]])
+    rank, pct, n = ranks(vals, 1)
+    assert n == 6 and rank[1, 1] == 1 and rank[0, 0] == 2 and rank[1, 2] == 6
+    assert pct[1, 1] == 100 and pct[1, 2] == 0 and pct[0, 0] == pytest.approx(100 * (1 + 0.5 * 3) / 5)
+    assert len({pct[0, j] for j in range(3)}) == 1  # a tie group shares one percentile
+    rank, pct, _ = ranks(vals, -1)
+    assert rank[1, 2] == 1 and pct[1, 2] == 100
+    rank, _, n = ranks(np.array([[np.nan, 1.0]]), 0)
+    assert n == 1 and rank[0, 0] == 0 and rank[0, 1] == 1
+
+
+def test_method_agreement_on_the_union_of_top_heads():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(6, 8))
+    mk = [Series(key=f"s{i}", kind="ablation", task="ioi", method=m, metric=met, run_id=1, values=v,
+                 meaning=meaning_for(k, "ioi", m, met))
+          for i, (k, m, met, v) in enumerate((("ablation", "ablation_mean", "delta_logit_diff", -base),
+                                               ("dla", "dla", "dla_logit_diff", base),
+                                               ("ablation", "ablation_zero", "delta_logit_diff", base)))]
+    ag = method_agreement(mk, k=10, min_common=20)
+    assert ag["k"] == 10 and ag["overlap"][0][1] == 10 and ag["rho"][0][1] == 1.0 and not ag["weak"][0][1]
+    assert ag["overlap"][0][2] == 0  # opposite signs: no shared top head
+    few = [Series(key=s.key, kind=s.kind, task=s.task, method=s.method, metric=s.metric, run_id=1,
+                  values=np.where(np.arange(48).reshape(6, 8) < 9, s.values, np.nan), meaning=s.meaning) for s in mk]
+    assert method_agreement(few, k=10, min_common=20)["weak"][0][1]  # 9 heads in common: greyed
+
+
+def test_describe_check_and_evidence():
+    row = {"detector": "nnm", "metric": "minus_logit_diff", "heads": ["L1H1"], "k": 1, "topk_effect": 1.41,
+           "random_mean": 0.157, "random_std": 0.142, "random_effects": [0.1, 0.2], "expected_sign": -1,
+           "confirmed": False, "extra": {}}
+    c = describe_check(row)
+    assert c["verdict"] == "failed" and c["margin"] < 0 and "lowers minus the IO − S logit difference" in c["rule"]
+    assert c["expect"].endswith("(expected sign −)")
+    ok = describe_check({**row, "detector": "ind", "expected_sign": 1, "confirmed": True})
+    labels = {"L1H1": [{"head_type": "X Head", "method": "ind", "kind": "scan", "value": 0.9, "threshold": 0.5,
+                        "stage": None, "stage_code": "", "run": 1, "note": None}],
+              "L0H0": [{"head_type": "X Head", "method": "ind", "kind": "scan", "value": 0.8, "threshold": 0.5,
+                        "stage": None, "stage_code": "", "run": 1, "note": None}]}
+    ev = head_evidence(labels, [ok], {})
+    assert ev["L1H1"]["headline"]["head_type"] == "X Head" and ev["L0H0"]["evidence"][0]["status"] == "outside the tested top-k"
+
+
+def test_model_header_names_the_quantisation():
+    runs = pd.DataFrame({"model_info": [{"name": "smollm2", "source": "/x/SmolLM2-135M-Instruct.Q4_1.gguf", "dtype": "float32"}]})
+    h = model_header(runs)
+    assert (h["full_name"], h["quantization"], h["dtype"]) == ("SmolLM2-135M-Instruct", "Q4_1", "float32")
+    h = model_header(pd.DataFrame({"model_info": [{"source": "HuggingFaceTB/SmolLM2-135M", "dtype": "bfloat16"}]}))
+    assert h["full_name"] == "HuggingFaceTB/SmolLM2-135M" and h["quantization"] is None
 
 
 def test_labels_use_the_catalog_vocabulary():
@@ -168,7 +255,7 @@ def test_model_with_runs_but_no_head_scores(tmp_path):
         db.write_run(RunRecord(kind="factual", model="m"), scores=[ScoreRow(component="mlp", layer=0, method="f", value=1.0)])
     files = build_report(path, tmp_path / "out")
     html = files.pages["m"].read_text(encoding="utf-8")
-    assert "no head-level scores" in html and "No head-level scores yet." in html
+    assert "no head-level scores" in html and "No causal method" in html
 
 
 def test_output_folder_with_user_files_is_refused_and_untouched(atlas, tmp_path):
@@ -285,10 +372,12 @@ def test_causal_pipeline_metric_names(tmp_path):
                          ScoreRow(layer=layer, head=head, method="ablation_zero", metric="delta_logit_diff@pos1", value=v)]
         db.write_run(RunRecord(kind="ablation", model="m", task="ioi"), scores=rows)
         d = load_model_data(db, "m")
-    assert [d.agreement["labels"][0]] == ["ablation_zero · delta_logit_diff [ioi]"]
+    (panel,) = d.tasks
+    assert [m["label"] for m in panel["maps"]] == ["ablation_zero · delta_logit_diff [ioi]"]
+    assert len(panel["extra"]) == 2  # frac_ and the per-position map fold into the task's disclosure
     files = build_report(path, tmp_path / "out")
     html = files.pages["m"].read_text(encoding="utf-8")
-    assert "1 per-position map(s)" in html
+    assert "2 other map(s) of this task" in html
 
 
 def test_make_attn_examples_round_trips_through_the_atlas(tmp_path):

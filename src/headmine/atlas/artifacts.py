@@ -138,6 +138,10 @@ def make_causal_checks(checks: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {str(name): dict(chk.to_dict() if hasattr(chk, "to_dict") else chk) for name, chk in checks.items()}
 
 
+_CHECK_FIELDS = ("detector", "metric", "heads", "k", "clean", "topk_effect", "random_effects", "random_mean",
+                 "random_std", "confirmed", "expected_sign")
+
+
 def parse_causal_checks(value: Any) -> list[dict[str, Any]]:
     """The rows of the causal confirmation table from a ``causal`` artifact (malformed entries skipped)."""
     if not isinstance(value, Mapping):
@@ -147,6 +151,9 @@ def parse_causal_checks(value: Any) -> list[dict[str, Any]]:
         if not isinstance(chk, Mapping):
             continue
         heads = chk.get("heads") or []
+        rand = chk.get("random_effects")
+        rand = [finite(r) for r in rand if finite(r) is not None] if isinstance(rand, list) else []
+        sign = chk.get("expected_sign", 1)
         out.append({
             "detector": str(chk.get("detector", name)),
             "metric": str(chk.get("metric", "")),
@@ -156,7 +163,12 @@ def parse_causal_checks(value: Any) -> list[dict[str, Any]]:
             "topk_effect": finite(chk.get("topk_effect")),
             "random_mean": finite(chk.get("random_mean")),
             "random_std": finite(chk.get("random_std")),
+            "random_effects": rand,
+            "expected_sign": int(sign) if isinstance(sign, (int, float)) and math.isfinite(sign) else 1,
             "confirmed": chk.get("confirmed"),
+            # fields a writer may add (a stated pass rule, a dormancy KL, ...) pass through as text/numbers
+            "extra": {str(k): v for k, v in chk.items()
+                      if k not in _CHECK_FIELDS and isinstance(v, (str, int, float, bool))},
         })
     return out
 

@@ -173,7 +173,8 @@ def build_report(
             result.notes[m] = list(data.notes)
             summaries.append({"model": m, "file": names[m], "runs": len(data.runs),
                               "kinds": sorted({r["kind"] for r in data.runs}), "series": len(data.series),
-                              "labelled": len(data.roles), "n_layers": data.n_layers, "n_heads": data.n_heads})
+                              "confirmed": data.n_confirmed_heads, "confirmed_types": data.n_confirmed_types,
+                              "n_layers": data.n_layers, "n_heads": data.n_heads, "header": data.header})
         if comparison is not None:
             _write_atomic(out / cmp_name, render_compare_page(comparison, links=links, common=common))
             result.compare.append(out / cmp_name)

@@ -1,18 +1,18 @@
-"""Head labels and roles: each head's labels (strongest first), its role on the map, and one section
-per survey head type (labelled heads, each linked detector's top heads, papers)."""
+"""Head labels and head-type cards: each head's labels (strongest first), and one card per head type
+(its causal verdict, confirmed heads, each linked detector's top heads, papers)."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from headmine.atlas import load_head_types, load_papers
 from headmine.atlas.artifacts import finite
-from headmine.report.series import Series, head_id, primary_series
+from headmine.report.series import Series, head_id, primary_series, top_heads
 
 STAGE_CODES = {
     "Knowledge Recalling": "KR",
@@ -84,83 +84,97 @@ def head_labels(labels: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def head_roles(labels: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Each labelled head's role on the map: its strongest label (short name, stage) and up to 3 others."""
-    roles = {}
-    for hid, items in labels.items():
-        top = items[0]
-        name = top["head_type"]
-        short = name[:-5] if name.endswith(" Head") else name
-        roles[hid] = {
-            "head_type": name,
-            "short": short if len(short) <= 14 else short[:13] + "…",
-            "stage": top["stage"],
-            "stage_code": top["stage_code"],
-            "others": [d["head_type"] for d in items[1:4]],
-        }
-    return roles
+def type_anchor(name: str) -> str:
+    """The page anchor of a head type's card: ``type-induction-head``."""
+    return "type-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _linked_detectors(name: str, types: Mapping[str, Any], stored_links: Mapping[str, Sequence[str]],
+                      detector_types: Mapping[str, str]) -> list[str]:
+    ht = types.get(name)
+    linked = [link.detector for link in ht.detectors] if ht is not None else []
+    linked += list(stored_links.get(name, ()))
+    linked += [d for d, t in detector_types.items() if t == name]
+    return list(dict.fromkeys(linked))
 
 
 def head_type_sections(series: list[Series], labels: dict[str, list[dict[str, Any]]],
+                       evidence: Mapping[str, dict[str, Any]], checks: list[dict[str, Any]],
                        papers: dict[str, list[dict[str, Any]]], top_k: int = 5, *,
-                       stored_links: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
-    """One section per head type that has labelled heads or a linked detector with scores.
+                       stored_links: Mapping[str, Sequence[str]] | None = None,
+                       detector_types: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One card per head type that has labelled heads or a linked detector with scores, best first.
 
-    A head type's detectors are the links registered in this process plus ``stored_links`` (head
-    type -> detector names, as the atlas's catalog tables hold them): the report needs no detector
-    imported to show the detectors that wrote the atlas.
+    A card says whether the type is confirmed (a linked detector's causal check passed), lists the
+    heads confirmed in it, and per detector its top heads by that detector's own score (sorted, one
+    metric per list, each marked labelled / confirmed). A head type's detectors are the links
+    registered in this process, ``stored_links`` (the atlas's catalog tables) and ``detector_types``
+    (detector -> head type, from the scan's ``detectors`` artifact), and the methods of its labels. Order: confirmed types by their
+    best margin, then failed checks, then untested types; ``group`` is ``"labelled"`` for types with
+    a head above threshold and ``"scores_only"`` otherwise.
     """
+    types = load_head_types()
     by_type: dict[str, list[dict[str, Any]]] = {}
     for hid, items in labels.items():
         for d in items:
-            by_type.setdefault(d["head_type"], []).append({**d, "head": hid})
+            if not d["kind"].startswith("chg"):
+                by_type.setdefault(d["head_type"], []).append({**d, "head": hid})
+    checks_by = {c["detector"]: c for c in checks}
     methods: dict[str, Series] = {}
     for s in primary_series(series):
-        methods.setdefault(s.method, s)
+        if s.kind == "scan":
+            methods.setdefault(s.method, s)
+    det_types = dict(detector_types or {})
+    names = list(types) + sorted((set(by_type) | set(det_types.values())) - set(types))
     out = []
-    types = load_head_types()
-    for name, ht in types.items():
-        labelled = sorted(by_type.get(name, []), key=lambda d: -(d["strength"] or 0))
-        linked = [link.detector for link in ht.detectors]
-        linked += [d for d in dict.fromkeys((stored_links or {}).get(name, ())) if d not in linked]
+    for name in names:
+        ht = types.get(name)
+        linked = _linked_detectors(name, types, stored_links or {}, det_types)
+        linked += [m for m in dict.fromkeys(d["method"] for d in by_type.get(name, [])) if m not in linked]
+        confirmed_heads = sorted(
+            ({"head": hid, **next(c for c in ev["confirmed"] if c["head_type"] == name)}
+             for hid, ev in evidence.items() if any(c["head_type"] == name for c in ev["confirmed"])),
+            key=lambda d: -(d["value"] if d["value"] is not None else -1e300))
+        confirmed_ids = {d["head"] for d in confirmed_heads}
+        labelled_ids = {d["head"] for d in by_type.get(name, [])}
         detector_tops = []
         for detector in linked:
             s = methods.get(detector)
             if s is None:
                 continue
-            flat = [(v, layer, head) for (layer, head), v in np.ndenumerate(s.values) if np.isfinite(v)]
-            flat.sort(reverse=True)
-            detector_tops.append(
-                {"method": s.method, "metric": s.metric,
-                 "heads": [{"head": head_id(layer, head), "value": finite(v)} for v, layer, head in flat[:top_k]]}
-            )
-        if not labelled and not detector_tops:
+            detector_tops.append({
+                "method": s.method, "metric": s.metric, "key": s.key,
+                "heads": [{"head": head_id(layer, head), "value": finite(v),
+                           "confirmed": head_id(layer, head) in confirmed_ids,
+                           "labelled": head_id(layer, head) in labelled_ids}
+                          for layer, head, v in top_heads(s, top_k)],
+            })
+        if not labelled_ids and not detector_tops:
             continue
-        seen: set[str] = set()
-        top_labelled = []
-        for d in labelled:
-            if d["head"] not in seen:
-                seen.add(d["head"])
-                top_labelled.append(d)
-        out.append(
-            {
-                "name": name,
-                "stage": ht.stage,
-                "stage_code": STAGE_CODES.get(ht.stage, ""),
-                "function": ht.function,
-                "detectors": sorted(set(linked)),
-                "labelled": top_labelled[:top_k],
-                "n_labelled": len(seen),
-                "detector_tops": detector_tops,
-                "papers": papers.get(name, []),
-            }
-        )
-    extra = sorted(set(by_type) - set(types))
-    for name in extra:
-        labelled = sorted(by_type[name], key=lambda d: -(d["strength"] or 0))
-        out.append({"name": name, "stage": labelled[0]["stage"], "stage_code": labelled[0]["stage_code"],
-                    "function": f"label written by {', '.join(sorted({d['method'] for d in labelled}))}",
-                    "detectors": [], "labelled": labelled[:top_k], "n_labelled": len(labelled),
-                    "detector_tops": [], "papers": []})
+        type_checks = [checks_by[d] for d in linked if d in checks_by]
+        verdicts = {c["verdict"] for c in type_checks}
+        verdict = "confirmed" if "confirmed" in verdicts else "failed" if "failed" in verdicts else "untested"
+        best = max((c["margin_z"] for c in type_checks if c["verdict"] == "confirmed" and c["margin_z"] is not None),
+                   default=None)
+        stage = ht.stage if ht is not None else next((d["stage"] for d in by_type.get(name, []) if d["stage"]), None)
+        out.append({
+            "name": name,
+            "anchor": type_anchor(name),
+            "stage": stage,
+            "stage_code": STAGE_CODES.get(stage or "", ""),
+            "function": ht.function if ht is not None else
+            f"label written by {', '.join(sorted({d['method'] for d in by_type.get(name, [])})) or 'a detector'}",
+            "detectors": linked,
+            "verdict": verdict,
+            "best_margin_z": best,
+            "checks": type_checks,
+            "confirmed": confirmed_heads[:12],
+            "n_confirmed": len(confirmed_ids),
+            "n_labelled": len(labelled_ids),
+            "detector_tops": detector_tops,
+            "papers": papers.get(name, []),
+            "group": "labelled" if labelled_ids else "scores_only",
+        })
+    order = {"confirmed": 0, "failed": 1, "untested": 2}
+    out.sort(key=lambda t: (order[t["verdict"]], -(t["best_margin_z"] or 0), -t["n_labelled"], t["name"]))
     return out
-

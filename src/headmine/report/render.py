@@ -44,6 +44,10 @@ def script_json(value: Any) -> Markup:
     return Markup(text)
 
 
+SCRIPTS = ("core.js", "heatmap.js", "head.js", "report.js")
+"""The page's script files, inlined in this order into one ``<script>``."""
+
+
 def _static(name: str) -> str:
     return resources.files("headmine.report").joinpath("static", name).read_text(encoding="utf-8")
 
@@ -73,6 +77,15 @@ def _rho_color(value: Any) -> str:
     return f"background:rgba({rgb},{alpha})"
 
 
+def _overlap_color(value: Any, k: Any, weak: Any = False) -> str:
+    """Background for an agreement cell: darker green for a larger share of shared top-k heads; grey
+    when the cell rests on too few heads (numbers only, never atlas text)."""
+    if weak or not isinstance(value, (int, float)) or not isinstance(k, (int, float)) or k <= 0:
+        return "background:#eceff1;color:#6b7680"
+    share = max(0.0, min(1.0, float(value) / float(k)))
+    return f"background:rgba(26,127,55,{round(0.08 + share * 0.62, 3)})" + (";color:#fff" if share > 0.6 else "")
+
+
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -85,9 +98,10 @@ def environment() -> jinja2.Environment:
     env.filters["script_json"] = script_json
     env.filters["fmt"] = _fmt
     env.filters["rho_color"] = _rho_color
+    env.filters["overlap_color"] = _overlap_color
     env.globals["inline_css"] = lambda: Markup(_static("report.css"))
     # the script is our own file; "</" cannot appear in it (checked by the tests)
-    env.globals["inline_js"] = lambda: Markup(_static("report.js"))
+    env.globals["inline_js"] = lambda: Markup("\n".join(_static(name) for name in SCRIPTS))
     return env
 
 

@@ -4,6 +4,7 @@ example inputs) and the model's geometry."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from headmine.atlas.artifacts import ATTN_EXAMPLES, curve_name, finite
 from headmine.core.errors import AtlasError
 
 MAX_JSON_ARTIFACT_CHARS = 20_000
+_QUANT_RE = re.compile(r"[._-](I?Q\d[A-Za-z0-9_]*|BF16|F16|F32|FP16)$", re.IGNORECASE)
 
 
 def plain_json(obj: Any, depth: int = 0) -> Any:
@@ -100,7 +102,7 @@ def run_rows(atlas: Atlas, runs: pd.DataFrame) -> list[dict[str, Any]]:
                     {
                         "role": row.role,
                         "idx": row.idx,
-                        "text": row.text,
+                        "text": row.text,  # None: the writer stored ids only (shown as such)
                         "ids": " ".join(map(str, ids[:24])) + (" ..." if len(ids) > 24 else ""),
                         "n_tokens": len(ids),
                     }
@@ -148,3 +150,28 @@ def model_geometry(runs: pd.DataFrame, head_scores: pd.DataFrame, labels: pd.Dat
             n_h = max(n_h, int(df["head"].max()) + 1)
     return n_l, n_h, geo
 
+
+
+def model_header(runs: pd.DataFrame) -> dict[str, Any]:
+    """The page header's model identity from the newest run's provenance: alias, full name (a hub
+    id or the weight file's stem), quantisation of the weight file, compute dtype and file hash."""
+    info: dict[str, Any] = {}
+    for value in reversed(list(runs["model_info"])):
+        if isinstance(value, Mapping) and value:
+            info = dict(value)
+            break
+    source = str(info.get("source") or "")
+    stem = Path(source).name if source else ""
+    for ext in (".gguf", ".safetensors", ".bin", ".pt"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+    quant = info.get("quantization") or info.get("quantisation")
+    m = _QUANT_RE.search(stem)
+    if m:
+        quant = quant or m.group(1).upper()
+        stem = stem[: m.start()]
+    full = str(info.get("full_name") or info.get("repo_id") or (source if "/" in source and not Path(source).exists()
+                                                                 and not source.startswith(("/", ".")) else stem))
+    return {"name": str(info.get("name") or ""), "full_name": full, "quantization": str(quant) if quant else None,
+            "dtype": str(info.get("dtype") or ""), "model_type": str(info.get("model_type") or ""),
+            "file": Path(source).name if source else "", "file_hash": str(info.get("file_hash") or "")[:12]}

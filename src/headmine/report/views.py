@@ -21,19 +21,25 @@ from headmine.atlas.artifacts import (
     parse_curve,
     parse_targeted_ablation,
 )
+from headmine.report.evidence import describe_check
 
 MAX_CURVE_POINTS = 240
 
 
 def causal_checks(atlas: Atlas, runs: pd.DataFrame) -> list[dict[str, Any]]:
-    """The causal confirmation table of the newest run that has a ``causal`` artifact."""
+    """The causal confirmation table of the newest run that has a ``causal`` artifact, each row with
+    its expected sign, pass rule and margin (:func:`~headmine.report.evidence.describe_check`),
+    confirmed first and then by margin."""
     for run_id in sorted(runs["id"], reverse=True):
         if CAUSAL_CHECKS not in atlas.artifact_names(int(run_id)):
             continue
         value = atlas.artifact(int(run_id), CAUSAL_CHECKS)
         if not isinstance(value, Mapping):
             continue
-        return [{"run": int(run_id), **row} for row in parse_causal_checks(value)]
+        rows = [describe_check({"run": int(run_id), **row}) for row in parse_causal_checks(value)]
+        order = {"confirmed": 0, "failed": 1, "no verdict": 2}
+        rows.sort(key=lambda r: (order[r["verdict"]], -(r["margin_z"] if r["margin_z"] is not None else -1e9)))
+        return rows
     return []
 
 
@@ -93,11 +99,32 @@ def layer_profiles(scores: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def attention_examples(atlas: Atlas, runs: pd.DataFrame, n_l: int, n_h: int) -> tuple[dict[str, Any], list[str]]:
-    """The attention examples of the newest run that stored them, and any warnings about them."""
+    """The attention examples of every run that stored them, merged (newest first: an example prompt
+    stored twice keeps the newest run's patterns), and any warnings about them."""
+    examples: list[dict[str, Any]] = []
+    index: dict[tuple[Any, ...], int] = {}
+    per_head: dict[str, dict[int, Any]] = {}
+    notes: list[str] = []
+    newest = None
     for run_id in sorted(runs["id"], reverse=True):
-        if ATTN_EXAMPLES in atlas.artifact_names(int(run_id)):
-            data, notes = parse_attn_examples(atlas.artifact(int(run_id), ATTN_EXAMPLES), n_l, n_h)
-            if data:
-                data["run"] = int(run_id)
-            return data, notes
-    return {}, []
+        if ATTN_EXAMPLES not in atlas.artifact_names(int(run_id)):
+            continue
+        data, run_notes = parse_attn_examples(atlas.artifact(int(run_id), ATTN_EXAMPLES), n_l, n_h)
+        notes += run_notes
+        if not data:
+            continue
+        newest = newest or int(run_id)
+        for e_idx, ex in enumerate(data["examples"]):
+            key = (ex["name"], ex["text"], tuple(ex["tokens"]))
+            if key not in index:
+                index[key] = len(examples)
+                examples.append(ex)
+            slot = index[key]
+            for hid, mats in data["patterns"].items():
+                slots = per_head.setdefault(hid, {})
+                if e_idx < len(mats) and mats[e_idx] is not None:
+                    slots.setdefault(slot, mats[e_idx])
+    if newest is None:
+        return {}, notes
+    patterns = {hid: [slots.get(i) for i in range(len(examples))] for hid, slots in per_head.items()}
+    return {"examples": examples, "patterns": patterns, "run": newest}, notes
