@@ -111,7 +111,7 @@ def write_scan(db: Atlas, model: str, seed: int = 0, *, text: str = EVIL, n_laye
     inputs = [InputRow(idx=0, token_ids=[1, 2, 3, 4], role="repeated_tokens", text=text),
               InputRow(idx=1, token_ids=[5, 6, 7], role="repeated_tokens"),
               InputRow(idx=0, token_ids=[9, 8], role="natural_text", text="plain & simple")]
-    run = RunRecord(kind="scan", model=model, model_info=_geometry(n_layers, n_heads), task="natural_text,repeated_tokens",
+    run = RunRecord(kind="scan", model=model, model_info=_geometry(n_layers, n_heads), task="causal:ioi,causal:natural_text,causal:repeated_tokens,ioi_names,natural_text,repeated_tokens,text_tokens",
                     params={"config": {"batch_size": 8, "note": text}}, seeds={"seed": seed}, duration_s=3.2,
                     notes=f"synthetic scan {text}")
     return db.write_run(run, scores=scores, labels=labels, inputs=inputs, artifacts=artifacts)

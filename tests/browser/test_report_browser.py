@@ -121,7 +121,7 @@ def test_role_map_shows_confirmed_roles_only(browser, report):
     assert browser.find_element("id", "card-confirmed").text.startswith("2\n")
     checks = browser.find_element("css selector", "table.checks").text
     assert "Pass rule" in browser.find_element("id", "types").text
-    assert "ablating should raise loss (expected sign +)" in checks and "18.3" in checks and "check failed" in checks
+    assert "raise it (hurt)" in checks and "18.3" in checks and "check failed" in checks
 
 
 def test_head_pages_title_rank_and_percentile(browser, report):

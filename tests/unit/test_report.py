@@ -167,8 +167,10 @@ def test_describe_check_and_evidence():
            "random_mean": 0.157, "random_std": 0.142, "random_effects": [0.1, 0.2], "expected_sign": -1,
            "confirmed": False, "extra": {}}
     c = describe_check(row)
-    assert c["verdict"] == "failed" and c["margin"] < 0 and "lowers minus the IO − S logit difference" in c["rule"]
-    assert c["expect"].endswith("(expected sign −)")
+    # ablating a negative name mover should *raise* the logit difference: a +1.41 rise of minus it fails
+    assert c["verdict"] == "failed" and c["margin"] < 0 and "raises the IO − S logit difference (helps" in c["rule"]
+    assert c["expect"] == "raise it (help)" and c["effect_text"] == "ablating the top-1 lowers the IO − S logit difference by 1.41"
+    assert c["effect"] == -1.41
     ok = describe_check({**row, "detector": "ind", "expected_sign": 1, "confirmed": True})
     labels = {"L1H1": [{"head_type": "X Head", "method": "ind", "kind": "scan", "value": 0.9, "threshold": 0.5,
                         "stage": None, "stage_code": "", "run": 1, "note": None}],

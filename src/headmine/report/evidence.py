@@ -27,13 +27,17 @@ _CHECK_METRICS = {
     "loss_second_repeat": "the loss on the second repeat",
     "loss_answer": "the loss on the needle's answer",
     "loss_successor": "the loss on the successor token",
-    "minus_logit_diff": "minus the IO − S logit difference",
 }
 
 
-def check_metric_words(metric: str) -> str:
-    """The words for a check's metric (always 'higher is worse')."""
-    return _CHECK_METRICS.get(metric, metric.replace("_", " "))
+def check_metric_words(metric: str) -> tuple[str, int]:
+    """(words, flip) for a check's metric: a ``minus_<m>`` metric is named as ``<m>`` with its
+    direction flipped (flip = -1), so a sentence reads 'lowers the logit difference', never 'raises
+    minus the logit difference'."""
+    if metric.startswith("minus_") and metric != "minus_":
+        rest = metric[len("minus_"):]
+        return ("the IO − S logit difference" if rest == "logit_diff" else rest.replace("_", " ")), -1
+    return _CHECK_METRICS.get(metric, metric.replace("_", " ")), 1
 
 
 def _verb(x: float) -> str:
@@ -43,7 +47,7 @@ def _verb(x: float) -> str:
 def describe_check(row: Mapping[str, Any]) -> dict[str, Any]:
     """A causal check row with its expected sign, pass rule, margin and sentences added."""
     s = int(row.get("expected_sign", 1) or 0)
-    m = check_metric_words(str(row.get("metric", "")))
+    m, flip = check_metric_words(str(row.get("metric", "")))
     k = row.get("k") or len(row.get("heads") or [])
     top, mean, sd = row.get("topk_effect"), row.get("random_mean"), row.get("random_std")
     rand = list(row.get("random_effects") or [])
@@ -52,7 +56,7 @@ def describe_check(row: Mapping[str, Any]) -> dict[str, Any]:
         if s == 0:
             rule = "confirmed when ablating the heads changes the output less than random heads do (no harm expected)"
         else:
-            want = "raises" if s > 0 else "lowers"
+            want = "raises" if s * flip > 0 else "lowers"
             why = "hurts" if s > 0 else "helps: the type works against the answer"
             rule = (f"confirmed when ablating the top-{k} {want} {m} ({why}) by more than every one of the "
                     f"{len(rand) or 'random'} random draws of {k} heads and by more than their mean + 2 sd")
@@ -61,14 +65,16 @@ def describe_check(row: Mapping[str, Any]) -> dict[str, Any]:
         margin = s * (top - mean)
         if sd is not None and sd > 0 and math.isfinite(sd):
             margin_z = margin / sd
-    effect = "–" if top is None else f"ablating the top-{k} {_verb(top)} {m} by {abs(top):.3g}"
-    rand_txt = "–" if mean is None else (f"random {k}: {mean:+.3g}" + (f" ± {sd:.3g}" if sd is not None else "")
-                                        + (f", max {max(rand):+.3g}" if rand else ""))
-    expect = ("ablating should change nothing" if s == 0 else
-              f"ablating should {'raise' if s > 0 else 'lower'} {m} (expected sign {'+' if s > 0 else '−'})")
+    effect = "–" if top is None else f"ablating the top-{k} {_verb(flip * top)} {m} by {abs(top):.3g}"
+    rand_txt = "–" if mean is None else (f"{flip * mean:+.3g}" + (f" ± {sd:.3g}" if sd is not None else "")
+                                        + (f" (max {max(flip * r for r in rand):+.3g})" if flip > 0 and rand else
+                                           f" (min {min(flip * r for r in rand):+.3g})" if rand else ""))
+    expect = ("change nothing" if s == 0 else
+              f"{'raise' if s * flip > 0 else 'lower'} it ({'hurt' if s > 0 else 'help'})")
     confirmed = row.get("confirmed")
     verdict = "confirmed" if confirmed is True else "failed" if confirmed is False else "no verdict"
     return {**row, "expected_sign": s, "metric_words": m, "rule": rule, "expect": expect, "effect_text": effect,
+            "effect": finite(None if top is None else flip * top, 3), "k": k,
             "random_text": rand_txt, "margin": finite(margin), "margin_z": finite(margin_z, 3), "verdict": verdict}
 
 

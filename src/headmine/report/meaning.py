@@ -84,7 +84,12 @@ def _base_metric(metric: str) -> tuple[str, str]:
 def meaning_for(kind: str, task: str | None, method: str, metric: str, *, definition: str | None = None) -> Meaning:
     """The :class:`Meaning` of one series (``definition``: a detector's own one-line definition)."""
     prefix, base = _base_metric(metric)
-    if kind == "scan" or metric == "score":
+    if metric.startswith("kl_"):
+        return Meaning(quantity=f"KL divergence of the output ({metric[3:].replace('_', ' ')})", unit="nats", sign=1,
+                       positive="KL {x} nats (higher = the output depends more on this head)", negative="KL −{x} nats",
+                       importance="higher KL ranks first (a head whose change moves the output most)",
+                       supports="a larger change of the output")
+    if metric == "score" or (kind == "scan" and metric.startswith("score")):
         what = definition or f"{method.replace('_', ' ')} score"
         return Meaning(quantity=what, unit="score", sign=1, positive="score {x} (higher = more of the pattern)",
                        negative="score −{x} (below zero)", importance="higher score ranks first",

@@ -50,13 +50,23 @@
           tipText: function (l, h, v) { return "L" + l + "H" + h + "  " + m.label + "\nvalue " + fmt(v); } });
       }
     });
-    // comparison pages: data-side = a | b | diff (each map on its own range, both signs shown)
-    document.querySelectorAll("div.heatmap[data-side]").forEach(function (div) {
-      var side = D[div.getAttribute("data-side")];
-      var s = null;
+    // comparison pages: data-side = a | b | diff; A and B of one pair share a scale
+    function sideSeries(div) {
+      var side = D[div.getAttribute("data-side")], s = null;
       (side ? side.series : []).forEach(function (x) { if (x.key === div.getAttribute("data-key")) { s = x; } });
+      return s;
+    }
+    var pairs = {};
+    document.querySelectorAll("div.heatmap[data-pair]").forEach(function (div) {
+      var s = sideSeries(div), r = s ? HM.ownRange(s.z) : null, p = div.getAttribute("data-pair");
+      if (r) { pairs[p] = pairs[p] ? { min: Math.min(pairs[p].min, r.min), max: Math.max(pairs[p].max, r.max) } : r; }
+    });
+    document.querySelectorAll("div.heatmap[data-side]").forEach(function (div) {
+      var s = sideSeries(div), p = pairs[div.getAttribute("data-pair")];
       if (s) {
-        HM.heatmap(div, s.z, { label: s.label, tipText: function (l, h, v) { return "L" + l + "H" + h + "  " + s.label + "\nvalue " + fmt(v); } });
+        var sc = p ? HM.makeScale(p.min, p.max, s.meaning ? s.meaning.unit : "") : null;
+        if (sc) { sc.shared = 2; }
+        HM.heatmap(div, s.z, { label: s.label, scale: sc, tipText: function (l, h, v) { return "L" + l + "H" + h + "  " + s.label + "\nvalue " + fmt(v); } });
       }
     });
     document.querySelectorAll("div.curve[data-curve]").forEach(function (div) {
