@@ -62,6 +62,7 @@
       label: "attention of " + ex.name,
       tipText: function (q, k, v) { return "query " + q + " " + JSON.stringify(ex.tokens[q]) + " → key " + k + " " + JSON.stringify(ex.tokens[k]) + "\nweight " + fmt(v); } });
     box.appendChild(hm);
+    box.appendChild(el("p", { "class": "explain" }, "Rows: query position (the token attending), columns: key position (the token attended to); colour: attention weight, 0 to 1."));
     container.appendChild(box);
     if (current >= 0) { highlight(current); }
   }
