@@ -397,3 +397,25 @@ def test_make_attn_examples_round_trips_through_the_atlas(tmp_path):
                      artifacts={"attn_examples": art})
         d = load_model_data(db, "m")
     assert d.attn["patterns"]["L0H1"][0][2] == [0.333, 0.333, 0.333] and d.attn["patterns"]["L1H0"] == [None]
+
+
+def test_chg_convergence_verdict_and_diagnostics(tmp_path):
+    """A CHG run's ``convergence`` artifact: verdict, reasons and a stage x measure table; labels of an
+    unconverged fit stay evidence."""
+    path = tmp_path / "a.db"
+    conv = {"converged": False, "verdict": "not converged", "reasons": "seeds disagree: F correlation 0.27 < 0.8",
+            "tol": 0.05, "F_pearson": 0.27,
+            "stages": {"G": {"updates": 20, "rel_change": 0.3, "grad_norm": 0.1, "per_seed": {"rel_change": [0.3, 0.1]}}}}
+    with Atlas.open(path) as db:
+        run = db.write_run(RunRecord(kind="chg", model="m", task="ioi"),
+                           scores=[ScoreRow(layer=0, head=h, method="chg", metric="F", value=0.3 * h) for h in range(4)],
+                           labels=[LabelRow(layer=0, head=3, head_type="facilitating", method="chg", value=0.9, threshold=0.5)],
+                           artifacts={"convergence": conv, "summary": {"status": "complete"}})
+        d = load_model_data(db, "m")
+    (c,) = d.chg
+    assert c["run"] == run and c["converged"] is False
+    assert c["diagnostics"]["reasons"].startswith("seeds disagree")
+    assert c["diagnostics"]["rows"] == [{"stage": "G", "values": {"updates": 20, "rel_change": 0.3, "grad_norm": 0.1}}]
+    assert d.evidence["L0H3"]["evidence"][0]["status"] == "CHG fit not converged" and not d.roles
+    html = build_report(path, tmp_path / "out").pages["m"].read_text(encoding="utf-8")
+    assert "Not converged (seeds disagree: F correlation 0.27 &lt; 0.8)" in html

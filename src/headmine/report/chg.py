@@ -42,22 +42,31 @@ def _converged(summary: Mapping[str, Any], convergence: Any) -> bool | None:
     return None
 
 
-def _diagnostics(convergence: Any) -> list[dict[str, Any]]:
-    """Rows (stage, name, value) of a ``convergence`` artifact's per-stage numbers, for a small table."""
+def _diagnostics(convergence: Any) -> dict[str, Any]:
+    """A ``convergence`` artifact as a stage x measure table (its scalar per-stage numbers) plus the
+    run-wide numbers and the stated reasons; empty parts when absent."""
+    out: dict[str, Any] = {"columns": [], "rows": [], "overall": [], "reasons": ""}
     if not isinstance(convergence, Mapping):
-        return []
-    rows = []
+        return out
     stages = convergence.get("stages")
-    items = stages.items() if isinstance(stages, Mapping) else []
-    for stage, vals in items:
-        if isinstance(vals, Mapping):
-            for name, v in vals.items():
-                if isinstance(v, (int, float, bool, str)):
-                    rows.append({"stage": str(stage), "name": str(name), "value": v})
+    for stage, vals in (stages.items() if isinstance(stages, Mapping) else []):
+        if not isinstance(vals, Mapping):
+            continue
+        row = {"stage": str(stage), "values": {}}
+        for name, v in vals.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                row["values"][str(name)] = v
+                if name not in out["columns"]:
+                    out["columns"].append(str(name))
+        out["rows"].append(row)
     for name, v in convergence.items():
-        if name not in ("stages", "converged") and isinstance(v, (int, float, bool, str)):
-            rows.append({"stage": "all", "name": str(name), "value": v})
-    return rows
+        if name in ("stages", "converged", "verdict"):
+            continue
+        if name == "reasons" and isinstance(v, str):
+            out["reasons"] = v
+        elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            out["overall"].append({"name": str(name), "value": v})
+    return out
 
 
 def chg_runs(atlas: Atlas, runs: pd.DataFrame, series: list[Series]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
