@@ -11,6 +11,7 @@ from headmine.capture import CaptureSpec, run_capture
 from headmine.capture.records import CaptureRecord
 from headmine.core.errors import DetectorError
 from headmine.core.ids import Site
+from headmine.core.tables import scores_frame
 from headmine.detectors import (
     DETECTORS,
     BatchScores,
@@ -19,7 +20,8 @@ from headmine.detectors import (
     get_detector,
     resolve_detectors,
 )
-from headmine.detectors.base import CausalCheckSpec, Detector, induction_template
+from headmine.detectors.base import NON_FIRST_MASS, CausalCheckSpec, Detector, induction_template
+from headmine.pipeline.results import CausalCheck, ScanConfig, ScanResult
 
 T = 12
 
@@ -257,3 +259,65 @@ def test_a_detector_declares_its_survey_type_and_causal_check() -> None:
                  threshold=0.5)  # type: ignore[call-arg]
     with pytest.raises(DetectorError, match="expected_sign"):
         CausalCheckSpec(task="repeated_tokens", expected_sign=2)
+
+
+def test_a_faint_pattern_on_a_sink_is_scored_but_not_a_candidate():
+    """99% of the attention on the first token and a faint 1% on the previous one: the renormalised score
+    is 1.0, the non-first-token mass beside it is 0.01, and the scan neither labels nor ablates the head."""
+    ids = torch.randint(1, 50, (1, T))
+    faint = prev_pattern() * 0.01
+    faint[:, 0] += 0.99
+    faint[0, 0] = 1.0
+    clear = prev_pattern()
+    rec = record({0: torch.stack([faint, clear])[None]}, ids)
+    df = get_detector("previous_token")(rec, with_mass=True)
+    score = df[df.metric == "score"].sort_values("head").value.tolist()
+    mass = df[df.metric == NON_FIRST_MASS].sort_values("head").value.tolist()
+    assert score == pytest.approx([1.0, 1.0])
+    assert mass == pytest.approx([0.01, 1.0], abs=1e-6)  # over the scored rows 2..T-1
+    result = ScanResult(model="m", model_info={}, config=ScanConfig(), detectors=[get_detector("previous_token")],
+                        scores=df, causal={}, inputs={}, probe_params={}, timings={})
+    assert result.top("previous_token", 5)["head"].tolist() == [1]
+    labels = result.labels()
+    assert [(lab["head"], lab["head_type"]) for lab in labels] == [(1, "Previous Token Head")]
+    assert "non-first-token mass 1" in labels[0]["note"]
+
+
+@pytest.mark.parametrize(("name", "pattern"), [("positional", "prev"), ("local", "prev")])
+def test_positional_scores_carry_their_non_first_mass(name, pattern):
+    ids = torch.randint(1, 50, (1, T))
+    a = prev_pattern() * 0.5
+    a[:, 0] += 0.5
+    a[0, 0] = 1.0
+    df = get_detector(name)(record({0: a[None, None]}, ids), with_mass=True)
+    assert df[df.metric == "score"].value.item() == pytest.approx(1.0)
+    assert df[df.metric == NON_FIRST_MASS].value.item() == pytest.approx(0.5)
+
+
+def test_a_no_harm_check_is_confirmed_only_within_the_random_spread():
+    def check(top: float) -> CausalCheck:
+        return CausalCheck(detector="dormant", metric="loss_text", heads=["L0H0"], k=1, clean=3.0, topk_effect=top,
+                           random_effects=[0.01, 0.02, 0.03, 0.05], expected_sign=0)
+
+    assert check(0.0).confirmed and check(0.04).confirmed
+    assert not check(0.2).confirmed  # costs more than any random head set: not dormant
+    harm = CausalCheck(detector="x", metric="loss_text", heads=["L0H0"], k=1, clean=3.0, topk_effect=0.2,
+                       random_effects=[0.01, 0.02, 0.03, 0.05])
+    assert harm.confirmed and not CausalCheck(**{**harm.__dict__, "topk_effect": 0.04}).confirmed
+
+
+def test_sink_heads_are_labelled_sinks_and_only_low_kl_ones_dormant():
+    sink = get_detector("attention_sink")
+    assert sink.head_type == "Attention Sink Head" and sink.causal.dormant_below == pytest.approx(1e-3)
+    rows = [{"layer": 0, "head": h, "method": "attention_sink", "metric": "score", "value": v, "n": 4}
+            for h, v in enumerate((0.9, 0.8, 0.1))]
+    rows += [{"layer": 0, "head": h, "method": "dormant", "metric": "kl_move_to_first", "value": kl, "n": 40}
+             for h, kl in ((0, 2e-4), (1, 0.3))]
+    dormant_check = CausalCheck(detector="dormant", metric="loss_text", heads=["L0H0"], k=1, clean=3.0,
+                                topk_effect=0.0, random_effects=[0.01, 0.02], expected_sign=0)
+    result = ScanResult(model="m", model_info={}, config=ScanConfig(), detectors=[sink], scores=scores_frame(rows),
+                        causal={"dormant": dormant_check}, inputs={}, probe_params={}, timings={})
+    labels = {(lab["head"], lab["head_type"]) for lab in result.labels()}
+    assert labels == {(0, "Attention Sink Head"), (1, "Attention Sink Head"), (0, "Active-Dormant Head")}
+    dormant = next(lab for lab in result.labels() if lab["head_type"] == "Active-Dormant Head")
+    assert dormant["method"] == "dormant" and "confirmed (no harm expected" in dormant["note"]

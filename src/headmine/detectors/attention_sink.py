@@ -1,10 +1,15 @@
-"""Attention-sink heads (survey: Active-Dormant Head / Streaming Head; Gu et al. 2025), on natural text.
+"""Attention-sink heads (Gu et al. 2025; the sink part of the survey's Streaming Head), on natural text.
 
 ``attention_sink``: alpha_first = mean over real query rows i >= 1 of ``A[i, 0]`` (the mass on
-the first token; row 0 is skipped since it can only attend to itself). A head is a sink head when
-alpha_first > epsilon = 0.3. Whether a sink head is *dormant* (moving all its attention to the
-first token leaves the output unchanged) needs interventions, so the scan measures it in its
-causal step (method ``dormant``, metric ``kl_move_to_first``) for the top sink heads.
+the first token; row 0 is skipped since it can only attend to itself). A head is labelled an
+attention-sink head when alpha_first >= epsilon = 0.3.
+
+A sink head is not thereby *dormant* (the survey's Active-Dormant Head: a head whose removal does not
+hurt). That needs interventions, so the scan's causal step moves all of each sink head's attention to
+the first token and records the KL to the clean output (method ``dormant``, metric
+``kl_move_to_first``); a head is labelled dormant only when that KL is below ``DORMANT_KL``, and the
+dormant heads together get a causal check that expects NO harm (ablating them costs no more than
+ablating as many random heads).
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ from headmine.detectors.base import (
 )
 
 EPSILON = 0.3
+DORMANT_KL = 1e-3
+"""Nats per token. Moving a dormant head's attention to the first token must change the next-token
+distribution by less than this: a thousandth of a nat is far below the per-token loss differences that
+any head-level finding in this library rests on (0.01-1 nats), and far below what moving an active
+head's attention costs."""
 
 
 def score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -> BatchScores:
@@ -49,8 +59,8 @@ def score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -
 
 
 DETECTOR = register(Detector(
-    name="attention_sink", head_type="Active-Dormant Head", task="natural_text", sites=frozenset({Site.PATTERN}),
-    causal=CausalCheckSpec(task="natural_text", dormancy=True),
+    name="attention_sink", head_type="Attention Sink Head", stage="In-Context Identification", task="natural_text",
+    sites=frozenset({Site.PATTERN}), causal=CausalCheckSpec(task="natural_text", dormant_below=DORMANT_KL),
     also_finds=(("Streaming Head", "sink part"), ("Delimiter Head", "attention to special / separator tokens"),),
     score=score, threshold=EPSILON, definition="mean attention on the first token (alpha_first)",
 ))

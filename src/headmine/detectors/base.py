@@ -26,16 +26,39 @@ from headmine.core.ids import Site
 from headmine.core.registry import Registry
 from headmine.core.tables import SCORE_COLUMNS, scores_frame
 
+NON_FIRST_MASS = "non_first_mass"
+"""Metric name of the attention mass a renormalised score was computed from (keys other than the first)."""
+
+NON_FIRST_MASS_FLOOR = 0.1
+"""No head is labelled from a renormalised score whose non-first-token mass is below this.
+
+Scores that drop key 0 (the attention sink) and renormalise the rest are blind to how much attention
+was left: a head that puts 99% of its attention on the first token and a faint 1% on the previous
+token scores 1.0 as a previous-token head. Below 10% of its attention on real keys, the head's
+output is dominated by the sink value, so its pattern over the other keys says little about what the
+head does: such a head is reported with both numbers but not labelled. (SmolLM2's strongest sinks put
+60-95% on the first token; its previous-token and induction heads keep well over 10% elsewhere.)
+"""
+
 
 @dataclass(frozen=True)
 class BatchScores:
-    """Per-item scores of one batch: ``values`` [item, layer, head] (NaN = not measured)."""
+    """Per-item scores of one batch: ``values`` [item, layer, head] (NaN = not measured).
+
+    ``non_first_mass`` (same shape, optional): for scores renormalised after dropping key 0, the
+    attention mass on keys other than the first over the rows scored; the scan stores it beside the
+    score (metric ``non_first_mass``) and labels no head whose mass is below ``NON_FIRST_MASS_FLOOR``.
+    """
 
     values: torch.Tensor
+    non_first_mass: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.values.dim() != 3:
             raise DetectorError(f"BatchScores.values must be [item, layer, head], got {tuple(self.values.shape)}")
+        if self.non_first_mass is not None and self.non_first_mass.shape != self.values.shape:
+            raise DetectorError(f"non_first_mass {tuple(self.non_first_mass.shape)} must match values "
+                                f"{tuple(self.values.shape)}")
 
 
 ScoreFn = Callable[[CaptureRecord, Mapping[str, Any], Any], BatchScores]
@@ -50,18 +73,22 @@ class CausalCheckSpec:
             type's heads matter, e.g. ``"repeated_tokens"`` (loss on the second repeat).
         expected_sign: +1 when ablating the type's heads should raise that metric (hurt), -1 when it
             should lower it (a head that works against the answer, e.g. negative name movers).
-        dormancy: also test the heads at or above the threshold for dormancy on the same batch: move
-            all of a head's attention to the first token and record the KL to the clean output (attention
-            sinks: a sink head whose move changes nothing is dormant).
+        expected_sign 0: ablating the heads should NOT hurt more than random heads do (dormant heads).
+        dormant_below: also test the heads at or above the threshold for dormancy on the same batch: move
+            all of a head's attention to the first token and record the KL to the clean output; a head
+            whose KL (nats per token) is below this is labelled dormant (survey: Active-Dormant Head), and
+            the dormant heads together get a check that expects no harm (None: no dormancy test).
     """
 
     task: str
     expected_sign: int = 1
-    dormancy: bool = False
+    dormant_below: float | None = None
 
     def __post_init__(self) -> None:
-        if self.expected_sign not in (1, -1):
-            raise DetectorError(f"expected_sign must be +1 or -1, got {self.expected_sign!r}")
+        if self.expected_sign not in (1, -1, 0):
+            raise DetectorError(f"expected_sign must be +1, -1 or 0 (no harm expected), got {self.expected_sign!r}")
+        if self.dormant_below is not None and self.dormant_below <= 0:
+            raise DetectorError(f"dormant_below must be a positive KL in nats, got {self.dormant_below!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,11 +145,14 @@ class Detector:
         return own + [(head_type, catalog.DetectorLink(detector=self.name, task=self.task, kind="attention", note=note))
                       for head_type, note in self.also_finds]
 
-    def __call__(self, record: CaptureRecord, meta: Mapping[str, Any] | None = None, weights: Any = None) -> pd.DataFrame:
-        """Score one record and return the tidy table (mean over items, n, stderr)."""
+    def __call__(self, record: CaptureRecord, meta: Mapping[str, Any] | None = None, weights: Any = None, *,
+                 with_mass: bool = False) -> pd.DataFrame:
+        """Score one record and return the tidy table (mean over items, n, stderr); ``with_mass`` adds the
+        ``non_first_mass`` rows of a renormalised score (the scan always stores them)."""
         acc = ScoreAccumulator()
         acc.add(self.score(record, meta or {}, weights))
-        return acc.finalize(method=self.name, metric=self.metric)
+        table = acc.finalize(method=self.name, metric=self.metric)
+        return table if with_mass else table[table.metric == self.metric].reset_index(drop=True)
 
 
 DETECTORS: Registry[Detector] = Registry("detector", DetectorError, plugin_group="headmine.detectors")
@@ -167,8 +197,13 @@ class ScoreAccumulator:
         self.sum: torch.Tensor | None = None
         self.sumsq: torch.Tensor | None = None
         self.count: torch.Tensor | None = None
+        self.mass: ScoreAccumulator | None = None  # the non-first-token mass, for renormalised scores
 
     def add(self, scores: BatchScores) -> None:
+        if scores.non_first_mass is not None:
+            if self.mass is None:
+                self.mass = ScoreAccumulator()
+            self.mass.add(BatchScores(scores.non_first_mass))
         v = scores.values.detach().to(torch.float64).cpu()
         ok = ~torch.isnan(v)
         v0 = torch.where(ok, v, torch.zeros_like(v))
@@ -194,14 +229,18 @@ class ScoreAccumulator:
         return mean, stderr, self.count.numpy()
 
     def finalize(self, *, method: str, metric: str = "score") -> pd.DataFrame:
-        """Tidy table: one row per (layer, head), mean over items, n = items counted, stderr."""
+        """Tidy table: one row per (layer, head), mean over items, n = items counted, stderr; plus the
+        ``non_first_mass`` rows when the score is renormalised."""
         mean, stderr, count = self.mean_stderr()
         rows = [
             {"layer": layer, "head": head, "method": method, "metric": metric, "value": mean[layer, head],
              "n": int(count[layer, head]), "stderr": stderr[layer, head]}
             for layer in range(mean.shape[0]) for head in range(mean.shape[1])
         ]
-        return scores_frame(rows) if rows else pd.DataFrame(columns=SCORE_COLUMNS)
+        frame = scores_frame(rows) if rows else pd.DataFrame(columns=SCORE_COLUMNS)
+        if self.mass is not None:
+            frame = pd.concat([frame, self.mass.finalize(method=method, metric=NON_FIRST_MASS)], ignore_index=True)
+        return frame
 
 
 # --------------------------------------------------------------------------- helpers for scores
@@ -246,6 +285,8 @@ def template_score(record: CaptureRecord, template: torch.Tensor, meta: Mapping[
     b and head: ``sum_{i eligible, j} A_ij P_ij / sum_{i eligible, j} A_ij``, after zeroing key
     column 0 (``exclude_bos``) and the diagonal (``exclude_current``) in both A and P. A perfect
     pattern scores 1; a row spread uniformly over n keys that include its one target scores 1/n.
+    With ``exclude_bos`` the score is renormalised, so the batch also carries each head's mean
+    attention on real keys other than the first over the eligible rows (``non_first_mass``).
     """
     patterns = require_site(record, Site.PATTERN, detector)
     n_layers, n_heads = n_layers_heads(record, meta)
@@ -257,6 +298,7 @@ def template_score(record: CaptureRecord, template: torch.Tensor, meta: Mapping[
     if exclude_current:
         p &= ~torch.eye(t, dtype=torch.bool)
     out = empty_scores(b, n_layers, n_heads)
+    mass = empty_scores(b, n_layers, n_heads)
     for layer, a in patterns.items():
         a = a.detach().cpu().to(torch.float32)  # [b, h, q, k]
         qpos = query_positions(record, a.shape[2])
@@ -274,7 +316,24 @@ def template_score(record: CaptureRecord, template: torch.Tensor, meta: Mapping[
         den = w.sum((-1, -2))
         val = torch.where(den > 0, num / den.clamp_min(1e-30), torch.full_like(num, float("nan")))
         out[:, layer, record.heads[layer]] = val.to(torch.float64)
-    return BatchScores(out)
+        if exclude_bos:
+            mass[:, layer, record.heads[layer]] = non_first_mass(a, mask, qpos, eligible)
+    return BatchScores(out, non_first_mass=mass if exclude_bos else None)
+
+
+def non_first_mass(a: torch.Tensor, mask: torch.Tensor, qpos: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """[b, h]: mean over eligible query rows of the attention on real keys other than key 0 (NaN if none).
+
+    ``a`` [b, h, q, k] captured rows, ``mask`` [b, T] real tokens, ``qpos`` [b, q] their positions,
+    ``eligible`` [b, q] the rows a score averaged over."""
+    keys = mask.clone()
+    keys[:, 0] = False
+    per_row = (a * keys[:, None, None, :].to(a.dtype)).sum(-1)  # [b, h, q]
+    w = eligible.to(a.dtype)[:, None, :]
+    n = eligible.sum(-1).to(torch.float64)  # [b]
+    val = (per_row * w).sum(-1).to(torch.float64) / n.clamp_min(1)[:, None]
+    val[n == 0] = float("nan")
+    return val
 
 
 def previous_template(input_ids: torch.Tensor) -> torch.Tensor:

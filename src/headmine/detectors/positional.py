@@ -27,6 +27,7 @@ from headmine.detectors.base import (
     Detector,
     empty_scores,
     n_layers_heads,
+    non_first_mass,
     query_positions,
     register,
     require_site,
@@ -36,16 +37,20 @@ MAX_OFFSET = 8
 WINDOW = 4
 
 
-def offset_masses(record: CaptureRecord, meta: Mapping[str, Any], detector: str) -> tuple[dict[int, torch.Tensor], int, int]:
-    """Per layer: [b, h, MAX_OFFSET] mean (renormalised) attention mass at offsets 0..MAX_OFFSET-1, NaN if no row."""
+def offset_masses(record: CaptureRecord, meta: Mapping[str, Any],
+                  detector: str) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], int, int]:
+    """Per layer: [b, h, MAX_OFFSET] mean (renormalised) attention mass at offsets 0..MAX_OFFSET-1 (NaN if
+    no row), and [b, h] the non-first-token mass those renormalised rows came from."""
     patterns = require_site(record, Site.PATTERN, detector)
     mask = record.attention_mask.cpu().bool()
     b, _t = mask.shape
     out: dict[int, torch.Tensor] = {}
+    kept: dict[int, torch.Tensor] = {}
     rows = torch.arange(b)[:, None]
     for layer, a in patterns.items():
         a = a.detach().cpu().to(torch.float32).clone()
         qpos = query_positions(record, a.shape[2])
+        kept[layer] = non_first_mass(a, mask, qpos, (qpos >= WINDOW + 1) & mask[rows, qpos])
         a[..., 0] = 0.0
         a = a * mask[:, None, None, :].to(a.dtype)
         den = a.sum(-1, keepdim=True)
@@ -60,23 +65,27 @@ def offset_masses(record: CaptureRecord, meta: Mapping[str, Any], detector: str)
         val = torch.stack(masses, -1)
         val[elig.sum(-1) == 0] = float("nan")
         out[layer] = val
-    return out, *n_layers_heads(record, meta)
+    return out, kept, *n_layers_heads(record, meta)
 
 
 def positional_score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -> BatchScores:
-    masses, n_layers, n_heads = offset_masses(record, meta, "positional")
+    masses, kept, n_layers, n_heads = offset_masses(record, meta, "positional")
     out = empty_scores(record.input_ids.shape[0], n_layers, n_heads)
+    mass = empty_scores(record.input_ids.shape[0], n_layers, n_heads)
     for layer, m in masses.items():
         out[:, layer, record.heads[layer]] = m.max(-1).values.to(torch.float64)
-    return BatchScores(out)
+        mass[:, layer, record.heads[layer]] = kept[layer]
+    return BatchScores(out, non_first_mass=mass)
 
 
 def local_score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -> BatchScores:
-    masses, n_layers, n_heads = offset_masses(record, meta, "local")
+    masses, kept, n_layers, n_heads = offset_masses(record, meta, "local")
     out = empty_scores(record.input_ids.shape[0], n_layers, n_heads)
+    mass = empty_scores(record.input_ids.shape[0], n_layers, n_heads)
     for layer, m in masses.items():
         out[:, layer, record.heads[layer]] = m[..., :WINDOW].sum(-1).to(torch.float64)
-    return BatchScores(out)
+        mass[:, layer, record.heads[layer]] = kept[layer]
+    return BatchScores(out, non_first_mass=mass)
 
 
 POSITIONAL = register(Detector(

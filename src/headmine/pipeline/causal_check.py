@@ -31,7 +31,14 @@ from headmine.core.tables import SCORE_COLUMNS, scores_frame
 from headmine.detectors import Detector
 from headmine.models.loading import LoadedModel
 from headmine.pipeline.attention_examples import head_ids
-from headmine.pipeline.results import CAUSAL_SEED_OFFSET, CausalCheck, Progress, ScanResult
+from headmine.pipeline.results import (
+    CAUSAL_SEED_OFFSET,
+    DORMANT_METHOD,
+    DORMANT_METRIC,
+    CausalCheck,
+    Progress,
+    ScanResult,
+)
 from headmine.tasks import PROBES, Evaluation
 
 
@@ -130,21 +137,38 @@ def run_causal_checks(lm: LoadedModel, result: ScanResult, *, progress: Progress
                                 k=len(tops[d.name]), clean=clean, topk_effect=top_effect,
                                 random_effects=random_effects, expected_sign=d.causal.expected_sign)
             out.checks[d.name] = check
-            for metric_name, value in (("clean", clean), ("topk_effect", top_effect),
-                                       ("random_mean", check.random_mean), ("random_std", check.random_std),
-                                       ("random_max", max(random_effects)), ("confirmed", float(check.confirmed)),
-                                       ("k", float(check.k))):
-                rows.append({"component": "set", "layer": -1, "head": -1, "method": f"causal:{d.name}",
-                             "metric": f"{evaluation.metric}:{metric_name}" if metric_name != "k" else "k",
-                             "value": value, "n": len(ev.batch)})
+            rows.extend(check_rows(check, len(ev.batch)))
         for d in dets:
-            if d.causal is not None and d.causal.dormancy:
+            if d.causal is not None and d.causal.dormant_below is not None:
                 top = result.top(d.name, cfg.dormant_top)
                 heads = [HeadId(int(r.layer), int(r.head)) for r in top.itertuples() if r.value > d.threshold]
-                rows.extend(dormancy_rows(lm, heads, ids, mask))
+                kl_rows = dormancy_rows(lm, heads, ids, mask)
+                rows.extend(kl_rows)
+                dormant = [HeadId(r["layer"], r["head"]) for r in kl_rows if r["value"] < d.causal.dormant_below]
+                others = [h for h in all_heads if h not in excluded and h not in dormant]
+                if dormant and len(others) >= len(dormant):
+                    # no harm expected: ablating the dormant heads costs no more than as many random heads
+                    check = CausalCheck(detector=DORMANT_METHOD, metric=evaluation.metric,
+                                        heads=[str(h) for h in dormant], k=len(dormant), clean=clean,
+                                        topk_effect=effect(dormant),
+                                        random_effects=[effect(rng.sample(others, len(dormant)))
+                                                        for _ in range(cfg.n_random)],
+                                        expected_sign=0)
+                    out.checks[DORMANT_METHOD] = check
+                    rows.extend(check_rows(check, len(ev.batch)))
     if rows:
         out.scores = scores_frame(rows)
     return out
+
+
+def check_rows(check: CausalCheck, n: int) -> list[dict[str, Any]]:
+    """The score rows of one check (component "set", method ``causal:<detector>``)."""
+    values = (("clean", check.clean), ("topk_effect", check.topk_effect), ("random_mean", check.random_mean),
+              ("random_std", check.random_std), ("random_max", max(check.random_effects)),
+              ("confirmed", float(check.confirmed)), ("k", float(check.k)))
+    return [{"component": "set", "layer": -1, "head": -1, "method": f"causal:{check.detector}",
+             "metric": f"{check.metric}:{name}" if name != "k" else "k", "value": value, "n": n}
+            for name, value in values]
 
 
 def dormancy_rows(lm: LoadedModel, heads: list[HeadId], ids: torch.Tensor, mask: torch.Tensor) -> list[dict[str, Any]]:
@@ -166,6 +190,6 @@ def dormancy_rows(lm: LoadedModel, heads: list[HeadId], ids: torch.Tensor, mask:
         logits = run_with_interventions(lm, ids, mask, [PatchFrom(heads=(h,), source={h.layer: src})])
         lp = torch.log_softmax(logits.float(), -1)
         kl = (clean_lp.exp() * (clean_lp - lp)).sum(-1)[m].mean()
-        out.append({"component": "head", "layer": h.layer, "head": h.head, "method": "dormant",
-                    "metric": "kl_move_to_first", "value": float(kl), "n": int(m.sum())})
+        out.append({"component": "head", "layer": h.layer, "head": h.head, "method": DORMANT_METHOD,
+                    "metric": DORMANT_METRIC, "value": float(kl), "n": int(m.sum())})
     return out

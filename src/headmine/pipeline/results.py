@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from headmine import catalog
 from headmine.atlas import AtlasRun, InputRow, JobResult, LabelRow, RunRecord
 from headmine.atlas.artifacts import ATTN_EXAMPLES, CAUSAL_CHECKS, make_causal_checks
 from headmine.core.errors import InputError
 from headmine.detectors import Detector
+from headmine.detectors.base import NON_FIRST_MASS, NON_FIRST_MASS_FLOOR
 from headmine.tasks import PROBES
 
 Progress = Callable[[str, int, int], None]
@@ -24,6 +26,20 @@ Progress = Callable[[str, int, int], None]
 
 CAUSAL_SEED_OFFSET = 1000
 """Causal evaluation batches use the scan's seed + this, so they never repeat a probe batch."""
+
+DORMANT_METHOD = "dormant"
+"""Method name of the dormancy test's rows, labels and group check (a follow-up of a detector's check)."""
+DORMANT_METRIC = "kl_move_to_first"
+DORMANT_TYPE = "Active-Dormant Head"
+
+
+def verdict(check: CausalCheck | None) -> str:
+    """One line on a causal check for a label's note."""
+    if check is None:
+        return "causal: not tested"
+    expect = "no harm expected; " if check.expected_sign == 0 else ""
+    return (f"causal: {'confirmed' if check.confirmed else 'unconfirmed'} ({expect}top-{check.k} "
+            f"{check.topk_effect:+.3g} vs random {check.random_mean:+.3g})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +98,8 @@ class CausalCheck:
     """Ablating the top-k heads of one detector vs k random heads, on the task that defines the type.
 
     ``effect`` values are increases of a "higher is worse" metric (loss, or minus the IOI logit
-    difference); ``expected_sign`` is +1 when ablating the type should hurt, -1 when it should help.
+    difference); ``expected_sign`` is +1 when ablating the type should hurt, -1 when it should help,
+    and 0 when it should NOT hurt more than random heads (dormant heads).
     """
 
     detector: str
@@ -104,7 +121,12 @@ class CausalCheck:
 
     @property
     def confirmed(self) -> bool:
-        """The top-k effect (signed as expected) beats every random draw and the random mean + 2 sd."""
+        """The top-k effect (signed as expected) beats every random draw and the random mean + 2 sd; for
+        ``expected_sign == 0``: the effect is no larger than the largest random draw nor the random mean + 2 sd."""
+        if self.expected_sign == 0:
+            sd0 = self.random_std if self.random_std == self.random_std else 0.0
+            return bool(self.topk_effect <= max(self.random_effects)
+                        and self.topk_effect <= self.random_mean + 2 * sd0)
         s = self.expected_sign
         top = s * self.topk_effect
         rand = [s * r for r in self.random_effects]
@@ -144,25 +166,50 @@ class ScanResult(JobResult):
         out[df.layer.to_numpy(), df["head"].to_numpy()] = df.value.to_numpy()
         return out
 
+    def non_first_mass(self, name: str) -> pd.DataFrame:
+        """The attention mass on keys other than the first behind a renormalised score (empty otherwise)."""
+        return self.detector_scores(name, NON_FIRST_MASS)
+
     def top(self, name: str, k: int = 5) -> pd.DataFrame:
-        """The k best heads of a detector (highest score, NaN last)."""
+        """The k best heads of a detector (highest score, NaN last). For a renormalised score, heads whose
+        non-first-token mass is below ``NON_FIRST_MASS_FLOOR`` are not candidates (their score is measured on
+        a sliver of their attention), so neither labels nor causal checks pick them."""
         df = self.detector_scores(name).dropna(subset=["value"])
+        mass = self.non_first_mass(name)
+        if len(mass):
+            faint = {(int(r.layer), int(r.head)) for r in mass.itertuples() if not r.value >= NON_FIRST_MASS_FLOOR}
+            df = df[[(int(a), int(b)) not in faint for a, b in zip(df.layer, df["head"], strict=True)]]
         return df.sort_values("value", ascending=False).head(k)
 
     def labels(self) -> list[dict[str, Any]]:
-        """Heads at or above each detector's threshold, with the causal verdict in the note."""
+        """Heads at or above each detector's threshold, with the causal verdict in the note (and, for a
+        renormalised score, the non-first-token mass it rests on); then the dormant heads: sink heads whose
+        attention moved to the first token changes the output by less than their detector's KL bound."""
         out = []
         for det in self.detectors:
             check = self.causal.get(det.name)
-            verdict = ("causal: not tested" if check is None else
-                       f"causal: {'confirmed' if check.confirmed else 'unconfirmed'} "
-                       f"(top-{check.k} {check.topk_effect:+.3g} vs random {check.random_mean:+.3g})")
+            mass = {(int(r.layer), int(r.head)): float(r.value) for r in self.non_first_mass(det.name).itertuples()}
             for row in self.top(det.name, k=10**6).itertuples():
                 if row.value >= det.threshold:
+                    kept = mass.get((int(row.layer), int(row.head)))
+                    note = verdict(check) + ("" if kept is None else f"; non-first-token mass {kept:.3g}")
                     out.append({"layer": int(row.layer), "head": int(row.head), "head_type": det.head_type,
                                 "stage": det.stage, "method": det.name, "value": float(row.value),
-                                "threshold": det.threshold, "note": verdict})
+                                "threshold": det.threshold, "note": note})
+            bound = det.causal.dormant_below if det.causal is not None else None
+            if bound is not None:
+                out.extend(self._dormant_labels(bound))
         return out
+
+    def _dormant_labels(self, bound: float) -> list[dict[str, Any]]:
+        info = catalog.head_type_info(DORMANT_TYPE)
+        df = self.scores
+        kl = df[(df.method == DORMANT_METHOD) & (df.metric == DORMANT_METRIC) & (df.component == "head")]
+        note = verdict(self.causal.get(DORMANT_METHOD))
+        return [{"layer": int(r.layer), "head": int(r.head), "head_type": info.name, "stage": info.stage,
+                 "method": DORMANT_METHOD, "value": float(r.value), "threshold": bound,
+                 "note": f"{note}; KL of moving its attention to the first token {r.value:.2g} < {bound:g} nats"}
+                for r in kl.sort_values("value").itertuples() if r.value < bound]
 
     def to_atlas(self, *, group_id: str | None = None) -> AtlasRun:
         """The scan as ONE atlas run: scores (NaN values kept), labels, exact inputs, causal details."""
