@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from headmine.causal import head_gating as hg
-from headmine.causal.contrastive_gating import ContrastConfig, check_pair, fit_contrastive, token_accuracy
+from headmine.causal.contrastive_gating import (
+    INSTRUCTIONS,
+    ContrastConfig,
+    builtin_contrast_split,
+    check_pair,
+    contrast_loss_fn,
+    split_pair_rows,
+    token_accuracy,
+    word_table,
+)
 from headmine.causal.engine import intervening
 from headmine.causal.head_gating import (
     CHGConfig,
@@ -115,11 +124,20 @@ def test_labels():
 
 
 def test_targeted_ablation_zero_at_k0_and_consistent(lm, data):
+    """k = 0 changes no head (delta exactly 0); k = 1 equals closing vs opening that head alone; k = all heads
+    equals all heads closed vs open."""
     gp = torch.full((3, 4), 0.7)
-    out = targeted_ablation(lm, data, gp, {"F": torch.rand(3, 4)}, (1, 12))
-    assert out["F"].shape == (2,)
+    score = torch.rand(3, 4, generator=torch.Generator().manual_seed(0))
+    out = targeted_ablation(lm, data, gp, {"F": score}, (0, 1, 12))
+    assert out["F"].shape == (3,)
+    assert out["F"][0] == 0.0
+    top = int(score.flatten().argmax())
+    lo, hi = gp.flatten().clone(), gp.flatten().clone()
+    lo[top], hi[top] = 0.0, 1.0
+    one = mean_logprob(lm, data, lo.view(3, 4)) - mean_logprob(lm, data, hi.view(3, 4))
+    assert np.isclose(out["F"][1], float(one), atol=1e-4) and abs(float(one)) > 1e-4
     full_off = mean_logprob(lm, data, torch.zeros(3, 4)) - mean_logprob(lm, data, torch.ones(3, 4))
-    assert np.isclose(out["F"][1], float(full_off), atol=1e-4)
+    assert np.isclose(out["F"][2], float(full_off), atol=1e-4)
 
 
 def test_nan_loss_stops_with_last_good_gates(lm, data, monkeypatch):
@@ -175,14 +193,54 @@ def test_presets_and_overrides():
     assert json.dumps(q.to_dict())
 
 
-def test_contrastive_fit_and_accuracy(lm, data):
+def test_contrastive_loss_matches_reference(lm, data):
+    """The loss of one update equals the official formula computed with plain gated forwards:
+    -mean(lp_R) + mean(clamp(lp_F - lp_R, min=-max_diff)) - lam * mean(clamp(theta, -4, 4)), per gate set;
+    a small max_diff makes the clamp bite on some rows and not on others."""
     forget = repeated_tokens_data(VOCAB, n=6, length=8, seed=2)
-    res = fit_contrastive(lm, data, forget, ContrastConfig.preset_for("quick", updates=4, batch_size=4))
-    assert res.G.shape == (1, 3, 4) and res.status == "complete"
-    assert set(res.curves) >= {"loss", "retain_lp", "forget_lp", "reg"}
-    plain = token_accuracy(lm, data)
-    ones = token_accuracy(lm, data, torch.ones(3, 4))
-    assert torch.equal(plain, ones) and plain.shape == (6,)
+    cfg = ContrastConfig.preset_for("quick", max_diff=0.045, lam=0.1, micro_batch=4)
+    theta = (torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0)) * 3).requires_grad_(True)
+    rows = [0, 2, 3, 5]
+    loss, parts = contrast_loss_fn(lm, data, forget, cfg)(theta, rows)
+    assert theta.grad is not None and theta.grad.abs().sum() > 0
+    clamped = []
+    with torch.no_grad():
+        for k in range(2):
+            with intervening(lm, [Gate(factors=torch.sigmoid(theta[k]))]):
+                lp_r = _plain_logprob(lm, *data.rows(rows))
+                lp_f = _plain_logprob(lm, *forget.rows(rows))
+            diff = lp_f - lp_r
+            clamped += (diff < -cfg.max_diff).tolist()
+            ref = -lp_r.mean() + diff.clamp(min=-cfg.max_diff).mean() - cfg.lam * theta[k].clamp(-4, 4).mean()
+            assert torch.allclose(loss[k], ref, atol=1e-5)
+            assert torch.allclose(parts["forget_lp"][k], lp_f.mean(), atol=1e-5)
+    assert any(clamped) and not all(clamped), "the clamp must bite on some rows only"
+    assert torch.equal(token_accuracy(lm, data), token_accuracy(lm, data, torch.ones(3, 4)))
+
+
+def test_contrast_splits_hold_out_whole_tasks_and_rows(lm, data, smollm2):
+    """Built-in: no held-out task's query or example reaches the fit rows. Files: held-out rows are
+    disjoint from the fit rows, every row is used once and the pairing is kept."""
+    split = builtin_contrast_split(smollm2, forget="instruction", heldout_tasks=("country_capital",))
+    assert split.heldout == "held-out tasks: country_capital"
+    capitals = word_table("country_capital")
+    fit_text = "\n".join(split.retain.texts + split.forget.texts)
+    assert not any(f"Q: {x}\n" in fit_text for x, _ in capitals)
+    assert all(INSTRUCTIONS["country_capital"] in t for t in split.eval_forget.texts)
+    assert len(split.eval_retain) == len(capitals) - 10
+    forget = repeated_tokens_data(VOCAB, n=6, length=8, seed=2)
+    rows = split_pair_rows(data, forget, heldout_frac=0.34, seed=1)
+    assert len(rows.eval_retain) == 2 and len(rows.retain) == 4 and rows.heldout == "held-out rows: 2 of 6 (seed 1)"
+    seen = [tuple(r.tolist()) for r in (*rows.retain.input_ids, *rows.eval_retain.input_ids)]
+    assert sorted(seen) == sorted(tuple(r.tolist()) for r in data.input_ids)
+    for fit, held in ((rows.retain, rows.forget), (rows.eval_retain, rows.eval_forget)):
+        for a, b in zip(fit.input_ids, held.input_ids, strict=True):
+            i = [tuple(r.tolist()) for r in data.input_ids].index(tuple(a.tolist()))
+            assert torch.equal(b, forget.input_ids[i])
+    with pytest.raises(InputError, match="hold out"):
+        builtin_contrast_split(smollm2, heldout_tasks=tuple(INSTRUCTIONS))
+    with pytest.raises(InputError, match="need at least 2"):
+        split_pair_rows(data.subset(1), forget.subset(1))
 
 
 def test_gate_report_written_by_write_job(tmp_path, lm, data):

@@ -34,6 +34,9 @@ class CHGConfig:
     threshold: float = 0.5
     eval_rows: int = 64
     ablation_ks: tuple[int, ...] = ()
+    converge_tol: float = 0.01
+    min_f_r: float = 0.5
+    min_label_agreement: float = 0.7
 
     @classmethod
     def preset_for(cls, name: str = "paper", **overrides: Any) -> CHGConfig:

@@ -11,11 +11,15 @@ import numpy as np
 import torch
 
 from headmine.causal.head_gating.config import CHGConfig
+from headmine.causal.head_gating.convergence import StageDiagnostics, assess, stage_diagnostics
 from headmine.causal.head_gating.data import GatingData
-from headmine.causal.head_gating.logprob import gated_logprob
+from headmine.causal.head_gating.logprob import gated_logprob, mean_logprob
 from headmine.causal.head_gating.results import CHGResult
 from headmine.core.errors import InputError
 from headmine.models.loading import LoadedModel
+
+#: the share of a stage's updates over which convergence is judged (its last 10%).
+TAIL_FRACTION = 0.1
 
 #: on_update(stage, step (1-based), total, loss (mean over seeds)) -- e.g. a rich progress bar.
 Progress = Callable[[str, int, int, float], None]
@@ -59,14 +63,22 @@ def _clip_per_seed(grad: torch.Tensor, max_norm: float) -> None:
         grad.mul_(scale.view(-1, *([1] * (grad.dim() - 1))))
 
 
+def tail_start(updates: int, fraction: float = TAIL_FRACTION) -> int:
+    """The update after which the last ``fraction`` of ``updates`` begins (at least one update)."""
+    return max(0, updates - max(1, round(fraction * updates)))
+
+
 @dataclass
 class StageFit:
-    """One stage's result: the gate logits, the per-update curves, updates done, why it stopped."""
+    """One stage's result: the gate logits, the per-update curves, updates done, why it stopped, and
+    ``theta_tail``: the logits after update :func:`tail_start` (``updates``), where the last 10% of the
+    stage's updates begins (the convergence diagnostics compare the two)."""
 
     theta: torch.Tensor
     curves: dict[str, np.ndarray]
     done: int
     stopped: str | None
+    theta_tail: torch.Tensor | None = None
 
 
 def fit_stage(
@@ -82,9 +94,12 @@ def fit_stage(
 ) -> StageFit:
     """Adam on theta [K, ...] with a linear lr decay; ``loss_fn(theta, rows)`` -> (per-seed loss [K], parts).
 
-    A non-finite loss or gradient stops the stage with the last good theta.
+    Curves: the loss, its parts, and ``grad_norm`` (per seed, before clipping). A non-finite loss or
+    gradient stops the stage with the last good theta.
     """
     theta = theta0.detach().clone().requires_grad_(True)
+    tail_at = tail_start(updates)
+    theta_tail = theta0.detach().clone()
     opt = torch.optim.Adam([theta], lr=lr[0])
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 1.0 + (lr[1] / lr[0] - 1.0) * min(i, max(updates - 1, 1)) / max(updates - 1, 1)
@@ -99,6 +114,7 @@ def fit_stage(
         if not torch.isfinite(loss).all() or theta.grad is None or not torch.isfinite(theta.grad).all():
             stopped = f"non-finite loss at stage {stage}, update {step + 1}; kept the gates of update {step}"
             break
+        parts = {**parts, "grad_norm": theta.grad.detach().flatten(1).norm(dim=1).cpu()}
         _clip_per_seed(theta.grad, grad_clip)
         with torch.no_grad():
             before = theta.detach().clone()
@@ -109,12 +125,14 @@ def fit_stage(
                 break
         sched.step()
         done += 1
+        if done == tail_at:
+            theta_tail = theta.detach().clone()
         for name, value in {"loss": loss, **parts}.items():
             log.setdefault(name, []).append(value.detach().float().cpu().numpy())
         if progress is not None:
             progress(stage, step + 1, updates, float(loss.mean()))
     curves = {k: np.stack(v) for k, v in log.items()}
-    return StageFit(theta.detach(), curves, done, stopped)
+    return StageFit(theta.detach(), curves, done, stopped, theta_tail)
 
 
 def chg_loss_fn(lm: LoadedModel, data: GatingData, lam: float, cfg: CHGConfig) -> LossFn:
@@ -142,9 +160,18 @@ def chg_loss_fn(lm: LoadedModel, data: GatingData, lam: float, cfg: CHGConfig) -
     return fn
 
 
+@torch.no_grad()
+def stage_objective(lm: LoadedModel, data: GatingData, theta: torch.Tensor, lam: float, cfg: CHGConfig) -> torch.Tensor:
+    """The stage objective per seed [K] (float64) on all of ``data``: -mean target log-prob - lam * mean clamp(theta)."""
+    nll = -mean_logprob(lm, data, torch.sigmoid(theta), micro_batch=cfg.micro_batch).double()
+    return nll - lam * theta.clamp(-cfg.clamp, cfg.clamp).mean(dim=(1, 2)).double()
+
+
 def fit_chg(lm: LoadedModel, data: GatingData, config: CHGConfig | None = None, *,
             progress: Progress | None = None) -> CHGResult:
-    """The three CHG fits for ``config.seeds`` seeds at once. See the module docstring."""
+    """The three CHG fits for ``config.seeds`` seeds at once, with their convergence diagnostics (the
+    objective at each stage's start, 90% and end on the first ``config.eval_rows`` rows). See the
+    package docstring and :mod:`~headmine.causal.head_gating.convergence`."""
     cfg = config or CHGConfig()
     g = lm.geometry
     if any(p.requires_grad for p in lm.model.parameters()):
@@ -152,10 +179,12 @@ def fit_chg(lm: LoadedModel, data: GatingData, config: CHGConfig | None = None, 
                          "load it with load_model() (weights are frozen) or call requires_grad_(False)")
     lm.check_length(int(data.attention_mask.sum(1).max()))
     start = time.perf_counter()
+    ev = data.subset(cfg.eval_rows)
     theta0 = init_logits(cfg.seeds, g.n_layers, g.n_heads, seed=cfg.seed, init_range=cfg.init_range)
     thetas = {"G": theta0, "G+": theta0, "G-": theta0}
     curves: dict[str, dict[str, np.ndarray]] = {}
     done: dict[str, int] = {}
+    diagnostics: dict[str, StageDiagnostics] = {}
     stopped = None
     plan = (("G", 0.0, 0), ("G+", cfg.lam, 1), ("G-", -cfg.lam, 2))
     for stage, lam, i in plan:
@@ -168,8 +197,15 @@ def fit_chg(lm: LoadedModel, data: GatingData, config: CHGConfig | None = None, 
                         grad_clip=cfg.grad_clip, batches=Batches(len(data), cfg.batch_size, cfg.data_seed + 1000 * i),
                         stage=stage, progress=progress)
         thetas[stage], curves[stage], done[stage], stopped = res.theta, res.curves, res.done, res.stopped
-    return CHGResult(
+        tail = res.theta_tail if res.theta_tail is not None else init
+        losses = [stage_objective(lm, ev, t, lam, cfg) for t in (init, tail, res.theta)]
+        diagnostics[stage] = stage_diagnostics(stage, res.done, losses, res.curves, tail, res.theta,
+                                               res.done - tail_start(res.done))
+    result = CHGResult(
         G=torch.sigmoid(thetas["G"]), G_plus=torch.sigmoid(thetas["G+"]), G_minus=torch.sigmoid(thetas["G-"]),
         config=cfg, curves=curves, status="stopped" if stopped else "complete", message=stopped,
         seeds=[cfg.seed + k for k in range(cfg.seeds)], duration_s=time.perf_counter() - start, updates_done=done,
     )
+    result.convergence = assess(diagnostics, result.seed_agreement(), complete=not stopped and len(diagnostics) == 3,
+                                tol=cfg.converge_tol, min_f_r=cfg.min_f_r, min_label_agreement=cfg.min_label_agreement)
+    return result

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from headmine.causal.head_gating.config import CHGConfig
+from headmine.causal.head_gating.convergence import Convergence
 
 LABELS = ("facilitating", "interfering", "irrelevant", "inconsistent", "unclassified")
 
@@ -16,8 +17,10 @@ class CHGResult:
     """Fitted gates of K seeds, [K, L, H] each, with training curves.
 
     ``curves[stage][name]`` is float array [updates_done, K] for name in ("loss", "nll", "reg");
-    stages are "G" (lam = 0), "G+" and "G-". ``status`` is "complete" or "stopped" (a non-finite loss:
-    the gates are the last good ones, ``message`` says where).
+    stages are "G" (lam = 0), "G+" and "G-" (``grad_norm`` too, per seed, before clipping). ``status``
+    is "complete" or "stopped" (a non-finite loss: the gates are the last good ones, ``message`` says
+    where). ``convergence``: the diagnostics and verdict (:mod:`..convergence`); labels of a fit that
+    has not converged are evidence, not findings.
     """
 
     G: torch.Tensor
@@ -30,6 +33,12 @@ class CHGResult:
     seeds: list[int] = field(default_factory=list)
     duration_s: float = 0.0
     updates_done: dict[str, int] = field(default_factory=dict)
+    convergence: Convergence | None = None
+
+    @property
+    def converged(self) -> bool:
+        """True only when the convergence diagnostics were computed and passed."""
+        return self.convergence is not None and self.convergence.converged
 
     @property
     def F(self) -> torch.Tensor:
