@@ -1,56 +1,81 @@
-"""The factual-recall analysis end to end on SmolLM2 and Gemma 3 270M (small prompt sets), plus bad input."""
+"""The factual-recall analysis on SmolLM2 and Gemma 3 270M: the papers' qualitative claims (each with a
+margin), the held-out facts kept out of every choice of the mitigation, the atlas, and bad input."""
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 import pytest
+import torch
 
 from headmine.atlas import Atlas, write_job
+from headmine.causal.factual_recall import answer_trajectory, argument_passing_heads
 from headmine.core.errors import HeadmineError
-from headmine.pipeline.factual import FactualConfig, run_factual
+from headmine.pipeline.factual import FactualConfig, build_prompts, choose_on_train, run_factual
+from headmine.tasks import natural_text
+
+pytestmark = pytest.mark.slow
 
 SMALL = FactualConfig(relations=["country_capital", "country_language", "object_colour"], heldout_relations=["object_colour"],
                       n_per_relation=5, shots=2, corpus_windows=2, window_len=32, top_k=2,
                       max_senders=6, max_pairs=10, max_train=12, factors=(0.0,))
 
 
-def _check(rep, lm, tmp_path) -> None:
-    g = lm.geometry
-    assert len(rep.trajectory["mean_prob_by_layer"]) == g.n_layers + 1
-    assert 0.0 <= rep.trajectory["drop_share_last"] <= 1.0
-    assert rep.argument["table"] and math.isfinite(rep.argument["check"]["top_k_effect"])
-    assert len(rep.mlp_scan) == g.n_layers and all(r["r2"] <= 1.0 + 1e-9 for r in rep.mlp_scan)
-    assert len(rep.suppression["first_token_attention"]) == g.n_heads
-    for split in ("heldout_facts", "heldout_relations"):
-        lo, hi = rep.mitigation[split]["dprob_ci"]
-        assert lo <= rep.mitigation[split]["dprob"] <= hi
+def test_factual_smollm2_heldout_set_does_not_change_the_mitigation(smollm2, tmp_path) -> None:
+    """End to end on SmolLM2; then a different held-out relation (the training facts unchanged) gives the
+    same training prompts and the same chosen mitigation, candidate by candidate."""
+    rep = run_factual(smollm2, SMALL)
+    sel = rep.mitigation["selection"]
+    train = build_prompts(smollm2, SMALL).splits["train"]
+    assert sel["split"] == "train" and sel["n_prompts"] == len(train) == rep.mitigation["train"]["n"]
+    assert set(rep.mitigation["facts"]["train"]) == {"country_capital", "country_language"}
+    assert rep.mitigation["heldout_relations"]["n"] > 0 and rep.mitigation["heldout_facts"]["n"] > 0
+
+    other = replace(SMALL, relations=["country_capital", "country_language", "landmark_country"],
+                    heldout_relations=["landmark_country"])
+    train2 = build_prompts(smollm2, other).splits["train"]
+    assert torch.equal(train2.input_ids, train.input_ids)
+    corpus = natural_text(smollm2.tokenizer, n=SMALL.corpus_windows, seq_len=SMALL.window_len, seed=SMALL.seed).input_ids
+    chosen2, rows2, _ = choose_on_train(smollm2, other, train2, corpus[:1])
+    assert chosen2.name == rep.chosen.name and chosen2.head_scales == rep.chosen.head_scales
+    assert [r["name"] for r in rows2] == [r["name"] for r in rep.mitigation_candidates]
+    assert [r["train_dlogp"] for r in rows2] == pytest.approx([r["train_dlogp"] for r in rep.mitigation_candidates], abs=1e-6)
+
     run_id = write_job(rep, tmp_path / "atlas.db")
     with Atlas.open(tmp_path / "atlas.db") as db:
         assert db.run(run_id).kind == "factual"
-        assert db.run(run_id).model_info["geometry"]["n_layers"] == g.n_layers
-        assert len(db.inputs(run_id)) == len(rep.inputs)
-        assert db.artifact(run_id, "summary")["mitigation"]["mitigation"] == rep.chosen.name
-        scores = db.scores(run_id=run_id)
+        inputs = db.inputs(run_id)
+        assert len(inputs) == len(rep.inputs)
+        assert {row.meta["split"] for row in inputs} == {"train", "heldout_facts", "heldout_relations"}
+        assert db.artifact(run_id, "summary")["mitigation"]["selection"]["n_prompts"] == len(train)
         assert {"factual_trajectory", "factual_argument_passing", "factual_mlp_decomposition",
-                "factual_suppression"} <= set(scores["method"])
-    js, _ = rep.chosen.save(tmp_path / "mitigation")
-    assert js.exists()
+                "factual_suppression"} <= set(db.scores(run_id=run_id)["method"])
 
 
-@pytest.mark.slow
-def test_factual_smollm2(smollm2, tmp_path) -> None:
-    rep = run_factual(smollm2, SMALL)
-    _check(rep, smollm2, tmp_path)
+def test_gemma3_final_layer_drops_the_answer_on_most_prompts(gemma3) -> None:
+    """Lv et al.: the final layer lowers the answer's probability (anti-overconfidence). Gemma 3 270M shows
+    the drop on at least half of the factual prompts (measured: see the issue-10 note)."""
+    cfg = FactualConfig(relations=["country_capital", "country_language"], heldout_relations=["country_language"],
+                        n_per_relation=6, shots=2)
+    prompts = build_prompts(gemma3, cfg).all
+    traj = answer_trajectory(gemma3, prompts, batch_size=8)
+    assert len(prompts) >= 16
+    assert traj.drop_share() >= 0.5, traj.summary()
 
 
-@pytest.mark.slow
-def test_factual_gemma3(gemma3, tmp_path) -> None:
-    rep = run_factual(gemma3, SMALL)
-    _check(rep, gemma3, tmp_path)
+def test_argument_passing_head_beats_random_heads(smollm2) -> None:
+    """Lv et al.: a head moves the subject to the last position. Patching the top argument-passing head
+    from the subject-swapped run moves the answer more than random single heads, with a 95% bootstrap
+    CI over prompts that excludes zero."""
+    cfg = FactualConfig(relations=["country_capital"], heldout_relations=[], n_per_relation=24, shots=0)
+    prompts = build_prompts(smollm2, cfg)
+    res = argument_passing_heads(smollm2, prompts.clean0, corrupted=prompts.corrupt0, top_k=1, n_random=8,
+                                 max_senders=8, max_pairs=24)
+    c = res.check
+    assert c["top_minus_random_ci"][0] > 0, c
+    assert c["top_k_effect"] > c["random_k_effect_mean"] + 0.05, c
 
 
-@pytest.mark.slow
 def test_factual_bad_relation_files(smollm2, tmp_path) -> None:
     empty = tmp_path / "empty.tsv"
     empty.write_text("# template: The capital of {subject} is\n")

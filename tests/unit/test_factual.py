@@ -30,12 +30,16 @@ from headmine.causal.factual_recall import (
     final_layer_suppression,
     mitigated,
     split_facts,
+    split_relation_facts,
 )
+from headmine.core.errors import TaskError
 from headmine.core.ids import HeadId
 from headmine.core.provenance import ModelProvenance
 from headmine.models.families import adapter_for
 from headmine.models.loading import LoadedModel
+from headmine.pipeline.factual import FactualConfig, build_prompts
 from headmine.tasks.base import TokenBatch, pad_batch
+from headmine.tasks.factual import builtin_relation
 
 BOS, SUBJ, ANS_A, ANS_B, REL_A, REL_B, FILL = 0, 1, 5, 9, 13, 14, 15
 D, NH, DH = 32, 4, 8
@@ -221,8 +225,6 @@ def test_mitigation_identity_when_nothing_helps(tmp_path) -> None:
 
 
 def test_bad_inputs_raise_clear_errors(toy: LoadedModel, facts: TokenBatch) -> None:
-    from headmine.core.errors import TaskError
-
     bare = TokenBatch(input_ids=facts.input_ids, attention_mask=facts.attention_mask, meta={"target_id": facts.meta["target_id"]})
     with pytest.raises(TaskError, match="lacks meta"):
         answer_trajectory(toy, bare)
@@ -242,3 +244,60 @@ def test_concat_and_dedupe(facts: TokenBatch) -> None:
     assert both.meta["subject_span"].shape == (len(both), 2) and len(both.meta["relation"]) == len(both)
     assert torch.equal(both.input_ids[len(facts):, : short.input_ids.shape[1]], short.input_ids)
     assert len(dedupe(concat_batches([facts, facts]))) == len(dedupe(facts))
+
+
+def test_split_relation_facts_is_per_relation_and_leaves_training_alone() -> None:
+    """Each relation's split depends only on its own facts: changing or adding the held-out relation
+    leaves every training fact where it was; a held-out relation goes whole."""
+    rel = {"A": [(f"a{i}", "x") for i in range(10)], "B": [(f"b{i}", "y") for i in range(5)], "C": [("c0", "z"), ("c1", "z")]}
+    one = split_relation_facts(rel, heldout_relations=["C"], test_frac=0.4, seed=3)
+    two = split_relation_facts({**rel, "D": [("d0", "w")]}, heldout_relations=["C", "D"], test_frac=0.4, seed=3)
+    three = split_relation_facts({"A": rel["A"], "B": rel["B"], "E": [("e0", "v")] * 3}, heldout_relations=["E"],
+                                 test_frac=0.4, seed=3)
+    assert one["train"] == two["train"] == three["train"]
+    assert one["heldout_facts"] == two["heldout_facts"] == three["heldout_facts"]
+    assert one["heldout_relations"] == {"C": ["c0", "c1"]} and set(two["heldout_relations"]) == {"C", "D"}
+    assert len(one["heldout_facts"]["A"]) == 4 and len(one["heldout_facts"]["B"]) == 2
+    for r in ("A", "B"):
+        assert not set(one["train"][r]) & set(one["heldout_facts"][r])
+        assert sorted(one["train"][r] + one["heldout_facts"][r]) == sorted(s for s, _ in rel[r])
+    assert split_relation_facts(rel, heldout_relations=["C"], seed=4)["train"] != one["train"]
+    with pytest.raises(TaskError, match="not among"):
+        split_relation_facts(rel, heldout_relations=["Z"])
+    with pytest.raises(TaskError, match="every relation is held out"):
+        split_relation_facts(rel, heldout_relations=["A", "B", "C"])
+
+
+def _fact_lines(prompts) -> dict[str, str]:
+    """Every statement a prompt can contain, solved (a demonstration) or open (the query), -> its split."""
+    out = {}
+    for split, by_rel in prompts.facts.items():
+        for name, subjects in by_rel.items():
+            rel = builtin_relation(name)
+            answers = dict(rel.pairs)
+            for s in subjects:
+                query = rel.template.format(subject=s)
+                out[query] = out[f"{query} {answers[s]}."] = split
+    return out
+
+
+def test_no_heldout_fact_in_any_training_prompt(smollm2) -> None:
+    """Split first: every line of every prompt (few-shot demonstrations and the query) is a fact of the
+    prompt's own split, so no held-out fact, with or without its answer, reaches a training prompt."""
+    cfg = FactualConfig(relations=["country_capital", "country_language", "object_colour"],
+                        heldout_relations=["object_colour"], n_per_relation=12, shots=3)
+    prompts = build_prompts(smollm2, cfg)
+    lines = _fact_lines(prompts)
+    assert set(prompts.splits) == {"train", "heldout_facts", "heldout_relations"}
+    n_lines = 0
+    for split, batch in prompts.splits.items():
+        assert set(batch.meta["split"]) == {split}
+        assert {int(s) for s in batch.meta["shots"]} == {0, 3}
+        for text, subject, rel in zip(batch.texts, batch.meta["subject"], batch.meta["relation"], strict=True):
+            assert subject in prompts.facts[split][rel]
+            for line in text.split("\n"):
+                assert lines[line] == split, f"{split} prompt holds a {lines[line]} fact: {line!r}"
+                n_lines += 1
+    assert n_lines > 3 * len(prompts.splits["train"])  # the demonstrations were checked too
+    zero = prompts.clean0.meta["split"]
+    assert len(zero) == len(prompts.clean0) and set(zero) == set(prompts.splits)

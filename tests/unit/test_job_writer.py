@@ -15,7 +15,7 @@ import torch
 
 import headmine.pipeline
 from headmine.atlas import Atlas, AtlasRun, JobResult, RunRecord, ScoreRow, score_rows, write_job
-from headmine.causal.contrastive_gating import ContrastConfig
+from headmine.causal.contrastive_gating import ContrastConfig, split_pair_rows
 from headmine.causal.head_gating import CHGConfig, repeated_tokens_data
 from headmine.causal.methods import get_method
 from headmine.core.errors import AtlasError
@@ -62,7 +62,7 @@ def _gate(lm: LoadedModel) -> JobResult:
 def _contrast(lm: LoadedModel) -> JobResult:
     retain = repeated_tokens_data(lm.geometry.vocab_size, n=4, length=6, seed=1, low=4)
     forget = repeated_tokens_data(lm.geometry.vocab_size, n=4, length=6, seed=2, low=4)
-    return contrast_model(lm, retain, forget, ContrastConfig.preset_for("quick", updates=2, batch_size=2))
+    return contrast_model(lm, split_pair_rows(retain, forget), ContrastConfig.preset_for("quick", updates=2, batch_size=2))
 
 
 def _factual(lm: LoadedModel) -> JobResult:

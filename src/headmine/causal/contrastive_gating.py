@@ -13,6 +13,10 @@ target token, averaged per problem) with the continuous gates applied as they ar
 
 Built-in demonstration pair: word-mapping problems (plural, past tense, antonym, capitalisation,
 capital city) as few-shot "Q:/A:" prompts vs as an instruction with one example.
+
+Held out as the paper does (:func:`builtin_contrast_split`): the gates are fitted on some tasks and
+the accuracies are measured on whole tasks the fit never saw. User files are split into fit rows and
+held-out rows (:func:`split_pair_rows`); a :class:`ContrastSplit` says which was held out.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import csv
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +102,22 @@ CONTRAST_PRESETS = {
     "quick": ContrastConfig(preset="quick", updates=24, lr=(0.5, 0.1), batch_size=8, micro_batch=16,
                             init_range=(0.9, 1.0)),
 }
+
+
+@dataclass(frozen=True)
+class ContrastSplit:
+    """Paired retain/forget rows to fit on, paired rows held out to measure accuracy on, and what is
+    held out (``heldout``, e.g. "held-out tasks: singular_plural")."""
+
+    retain: GatingData
+    forget: GatingData
+    eval_retain: GatingData
+    eval_forget: GatingData
+    heldout: str
+
+    def __post_init__(self) -> None:
+        check_pair(self.retain, self.forget)
+        check_pair(self.eval_retain, self.eval_forget)
 
 
 @dataclass
@@ -224,15 +245,53 @@ def contrast_pair_prompts(*, tasks: tuple[str, ...] = tuple(INSTRUCTIONS), shots
     return {"fewshot": few, "instruction": inst}
 
 
-def builtin_contrast_pair(lm: LoadedModel, *, forget: str = "instruction", split: str = "train", shots: int = 5,
-                          seed: int = 0, tasks: tuple[str, ...] = tuple(INSTRUCTIONS)) -> tuple[GatingData, GatingData]:
-    """(retain, forget) GatingData of the built-in demonstration pair; ``forget`` is the format to forget."""
+def builtin_contrast_split(lm: LoadedModel, *, forget: str = "instruction", heldout_tasks: Sequence[str] = ("singular_plural",),
+                           tasks: Sequence[str] = tuple(INSTRUCTIONS), shots: int = 5, seed: int = 0) -> ContrastSplit:
+    """The built-in pair with whole tasks held out (the paper's protocol): the gates are fitted on the
+    other ``tasks`` and the accuracies are measured on ``heldout_tasks``. ``forget`` is the format to
+    forget (instruction | fewshot); every query of a task is used (its first rows are the example pool)."""
     if forget not in ("instruction", "fewshot"):
         raise InputError(f"unknown format {forget!r}", "forget 'instruction' or 'fewshot'")
-    prompts = contrast_pair_prompts(tasks=tasks, shots=shots, split=split, seed=seed)
+    unknown = [t for t in (*tasks, *heldout_tasks) if t not in INSTRUCTIONS]
+    if unknown:
+        raise InputError(f"unknown built-in task(s) {unknown}", f"choose from {sorted(INSTRUCTIONS)}")
+    fit_tasks = tuple(t for t in tasks if t not in heldout_tasks)
+    if not fit_tasks or not heldout_tasks:
+        raise InputError(f"need at least one task to fit on and one to hold out (fit {list(fit_tasks)}, "
+                         f"held out {list(heldout_tasks)})", f"hold out one or more of {sorted(INSTRUCTIONS)}")
     keep = "fewshot" if forget == "instruction" else "instruction"
-    return (prompt_target_data(lm, prompts[keep], source=f"builtin:{keep}:{split}"),
-            prompt_target_data(lm, prompts[forget], source=f"builtin:{forget}:{split}"))
+    fit = contrast_pair_prompts(tasks=fit_tasks, shots=shots, split="all", seed=seed)
+    held = contrast_pair_prompts(tasks=tuple(heldout_tasks), shots=shots, split="all", seed=seed + 1)
+    return ContrastSplit(
+        retain=prompt_target_data(lm, fit[keep], source=f"builtin:{keep}:{'+'.join(fit_tasks)}"),
+        forget=prompt_target_data(lm, fit[forget], source=f"builtin:{forget}:{'+'.join(fit_tasks)}"),
+        eval_retain=prompt_target_data(lm, held[keep], source=f"builtin:{keep}:{'+'.join(heldout_tasks)}"),
+        eval_forget=prompt_target_data(lm, held[forget], source=f"builtin:{forget}:{'+'.join(heldout_tasks)}"),
+        heldout=f"held-out tasks: {', '.join(heldout_tasks)}")
+
+
+def select_rows(data: GatingData, rows: Sequence[int]) -> GatingData:
+    """The given rows of ``data`` (in that order), padding kept."""
+    idx = torch.as_tensor(list(rows), dtype=torch.long)
+    return GatingData(input_ids=data.input_ids[idx], attention_mask=data.attention_mask[idx],
+                      loss_mask=data.loss_mask[idx], texts=None if data.texts is None else [data.texts[i] for i in rows],
+                      source=data.source)
+
+
+def split_pair_rows(retain: GatingData, forget: GatingData, *, heldout_frac: float = 0.25, seed: int = 0) -> ContrastSplit:
+    """Split paired rows (e.g. user files) into fit rows and held-out rows: a random ``heldout_frac``
+    of the pairs (at least one, at most all but one; the pairing is kept) is never fitted on."""
+    check_pair(retain, forget)
+    n = len(retain)
+    if n < 2:
+        raise InputError(f"{n} paired row: need at least 2 to hold some out", "give more rows")
+    if not 0 < heldout_frac < 1:
+        raise InputError(f"heldout_frac must be between 0 and 1, got {heldout_frac}", "e.g. 0.25")
+    order = random.Random(seed).sample(range(n), n)
+    n_held = min(n - 1, max(1, round(heldout_frac * n)))
+    fit, held = sorted(order[n_held:]), sorted(order[:n_held])
+    return ContrastSplit(select_rows(retain, fit), select_rows(forget, fit), select_rows(retain, held),
+                         select_rows(forget, held), heldout=f"held-out rows: {n_held} of {n} (seed {seed})")
 
 
 def load_pair_files(lm: LoadedModel, retain: str | Path, forget: str | Path, *, limit: int | None = None

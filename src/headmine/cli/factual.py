@@ -69,7 +69,8 @@ def register(app: typer.Typer) -> None:
         console.print(t)
         c = a["check"]
         console.print(f"causal check: patching top-{c['k']} {c['top_heads']} carries {c['top_k_effect']:+.3f} of the swap "
-                      f"effect; {c['k']} random heads: {c['random_k_effect_mean']:+.3f}")
+                      f"effect; {c['k']} random heads: {c['random_k_effect_mean']:+.3f}; difference "
+                      f"{c['top_minus_random']:+.3f} [95% CI {c['top_minus_random_ci'][0]:+.3f}, {c['top_minus_random_ci'][1]:+.3f}]")
 
         d = rep.decomposition
         t = Table(title=f"MLP decomposition, layer {d['layer']}: R2 {d['r2']:.3f} (intercept only {d['r2_intercept_only']:.3f})")
@@ -98,7 +99,9 @@ def register(app: typer.Typer) -> None:
         console.print(t)
 
         m = rep.mitigation
-        t = Table(title=f"mitigation: {escape(m['mitigation'])} (chosen on training facts; cost {m['cost']:+.4f} nats/token "
+        sel = m["selection"]
+        t = Table(title=f"mitigation: {escape(m['mitigation'])} (every choice on the {sel['n_prompts']} training prompts, "
+                        f"suppressors {', '.join(sel['suppressors']) or 'none'}; cost {m['cost']:+.4f} nats/token "
                         f"on held-out corpus windows)")
         for col in ("split", "n", "top-1 before", "top-1 after", "d top-1 [95% CI]", "p before", "p after", "d p [95% CI]"):
             t.add_column(col)

@@ -11,7 +11,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from headmine.atlas import write_job
-from headmine.causal.contrastive_gating import ContrastConfig, builtin_contrast_pair, load_pair_files
+from headmine.causal.contrastive_gating import (
+    INSTRUCTIONS,
+    ContrastConfig,
+    builtin_contrast_split,
+    load_pair_files,
+    split_pair_rows,
+)
 from headmine.causal.head_gating import LABELS, CHGConfig, load_data_file, task_data
 from headmine.cli.common import console, friendly_errors, load_with_status
 from headmine.core.errors import InputError
@@ -122,6 +128,11 @@ def register(app: typer.Typer) -> None:
         forget: Path = typer.Option(None, "--forget", help="forget set (.jsonl prompt/target), paired row by row"),
         builtin: str = typer.Option(None, "--builtin", help="built-in pair: the format to forget (instruction | fewshot)"),
         shots: int = typer.Option(5, help="examples in the built-in few-shot prompts"),
+        heldout_task: list[str] = typer.Option(
+            None, "--heldout-task", help=f"built-in task(s) held out from the fit, accuracy measured on them "
+            f"(default singular_plural; one of {', '.join(INSTRUCTIONS)})"),
+        heldout_frac: float = typer.Option(0.25, "--heldout-frac", help="share of --retain/--forget pairs held out "
+                                           "from the fit; accuracy is measured on them"),
         n: int = typer.Option(None, help="rows kept from --retain/--forget"),
         seeds: int = typer.Option(None, help="gate sets fitted together"),
         preset: str = typer.Option("quick", help="quick or paper (500 updates, lr 0.1 -> 0.01, batch 64)"),
@@ -136,23 +147,25 @@ def register(app: typer.Typer) -> None:
             raise InputError("give --retain A --forget B, or --builtin instruction|fewshot", "e.g. --builtin instruction")
         cfg = ContrastConfig.preset_for(preset, seeds=seeds, updates=updates, batch_size=batch_size, seed=seed)
         lm = load_with_status(model)
-        ev_r = ev_f = None
         if builtin is not None:
-            r, f = builtin_contrast_pair(lm, forget=builtin, split="train", shots=shots, seed=seed)
-            ev_r, ev_f = builtin_contrast_pair(lm, forget=builtin, split="eval", shots=shots, seed=seed + 1)
+            split = builtin_contrast_split(lm, forget=builtin, heldout_tasks=tuple(heldout_task or ("singular_plural",)),
+                                           shots=shots, seed=seed)
         else:
-            r, f = load_pair_files(lm, retain, forget, limit=n)
-        console.print(f"contrastive CHG: retain {r.source} / forget {f.source}, {len(r)} pairs, {cfg.updates} updates")
+            split = split_pair_rows(*load_pair_files(lm, retain, forget, limit=n), heldout_frac=heldout_frac, seed=seed)
+        r, f = split.retain, split.forget
+        console.print(f"contrastive CHG: retain {r.source} / forget {f.source}, fit on {len(r)} pairs, "
+                      f"{split.heldout} ({len(split.eval_retain)} pairs), {cfg.updates} updates")
         with stage_bars() as bars:
-            report = contrast_model(lm, r, f, cfg, eval_retain=ev_r, eval_forget=ev_f, progress=bars)
+            report = contrast_model(lm, split, cfg, progress=bars)
         if report.result.status != "complete":
             console.print(f"[yellow]stopped early:[/] {report.result.message}")
         a = report.accuracy
-        table = Table(title="token accuracy per problem (mean)")
-        for col in ("format", "without gates", "with gates"):
+        table = Table(title=f"token accuracy per problem (mean) on the {split.heldout} ({a['n_heldout']} pairs, not fitted on)")
+        for col in ("format", "without gates", "with gates", "fit rows: without", "fit rows: with"):
             table.add_column(col)
-        table.add_row(f"retain ({r.source})", f"{a['retain_before']:.1%}", f"{a['retain_after']:.1%}")
-        table.add_row(f"forget ({f.source})", f"{a['forget_before']:.1%}", f"{a['forget_after']:.1%}")
+        for name, source in (("retain", split.eval_retain.source), ("forget", split.eval_forget.source)):
+            table.add_row(f"{name} ({source})", f"{a[name + '_before']:.1%}", f"{a[name + '_after']:.1%}",
+                          f"{a['fit_' + name + '_before']:.1%}", f"{a['fit_' + name + '_after']:.1%}")
         console.print(table)
         if not no_atlas:
             run_id = write_job(report, atlas)

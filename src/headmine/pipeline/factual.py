@@ -1,23 +1,30 @@
-"""Orchestration of the factual-recall analysis (issue 6): prompts -> five analyses -> one atlas run.
+"""Orchestration of the factual-recall analysis (issue 6): facts -> splits -> prompts -> five analyses -> one atlas run.
 
-Choices: prompts come from the ``factual`` task (zero-shot and ``shots``-shot, duplicates dropped);
-argument passing and the MLP decomposition use the zero-shot prompts (the task's equal-length
-subject swaps); the trajectory, suppression and mitigation use all prompts. The mitigation is
-chosen on the training facts of the non-held-out relations with the first half of the corpus
-windows as its cost sample, and evaluated on held-out facts, held-out relations and the second half.
+Split first (issue 10): the facts of each relation are split into training facts and held-out facts,
+and whole relations are held out (:func:`~headmine.causal.factual_recall.split_relation_facts`),
+before any prompt is built. Each split's prompts (zero-shot and ``shots``-shot, duplicates dropped)
+take their demonstrations and subject swaps from that split's facts only. Every choice of the
+mitigation (the suppressor heads among its candidates, the candidate, its direction, the cost check
+on the first half of the corpus windows) is made on the training prompts; it is evaluated on the
+held-out facts, the held-out relations and the second half of the corpus windows.
+
+The descriptive analyses use every split: the trajectory and the suppression table all prompts,
+argument passing and the MLP decomposition the zero-shot prompts (the task's equal-length subject
+swaps). The suppressor heads that feed the mitigation are measured again on the training prompts.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
 from headmine.atlas import AtlasRun, InputRow, JobResult, RunRecord, ScoreRow
 from headmine.causal.factual_recall import (
+    FACT_SPLITS,
     Mitigation,
     answer_trajectory,
     argument_passing_heads,
@@ -26,7 +33,7 @@ from headmine.causal.factual_recall import (
     evaluate_mitigation,
     final_layer_suppression,
     mlp_layer_scan,
-    split_facts,
+    split_relation_facts,
     token_frequency,
 )
 from headmine.causal.factual_recall.common import concat_batches
@@ -35,13 +42,15 @@ from headmine.core.ids import HeadId
 from headmine.models.loading import LoadedModel
 from headmine.tasks import factual, natural_text
 from headmine.tasks.base import TokenBatch
+from headmine.tasks.factual import BUILTIN_RELATIONS, Relation, builtin_relation, load_relation
 
 
 @dataclass(frozen=True)
 class FactualConfig:
     relations: list[str] | None = None          # None = the built-in relations
     heldout_relations: list[str] | None = None  # None = the last relation
-    n_per_relation: int = 16
+    n_per_relation: int = 16                    # prompts per relation and style, shared by its train/held-out facts
+    test_frac: float = 0.4                      # share of each other relation's facts (and prompts) held out
     shots: int = 3                              # few-shot variant (0 = zero-shot only)
     top_k: int = 3
     max_cost: float = 0.05
@@ -104,23 +113,97 @@ def _dedupe_pair(clean: TokenBatch, corrupt: TokenBatch) -> tuple[TokenBatch, To
     return clean.select(keep), corrupt.select(keep)
 
 
-def build_prompts(lm: LoadedModel, cfg: FactualConfig) -> tuple[TokenBatch, TokenBatch, TokenBatch]:
-    """(zero-shot clean, zero-shot corrupted, all prompts) from the factual task."""
-    if lm.tokenizer is None:
-        raise TaskError(f"{lm.name} has no tokenizer", "the factual analysis needs a model with a tokenizer")
-    rels = cfg.relations
-    n_rel = len(rels) if rels else 4
-    ps0 = factual(lm.tokenizer, n=cfg.n_per_relation * n_rel, seed=cfg.seed, relations=rels, shots=0, metric="logit_diff")
-    clean0, corrupt0 = _dedupe_pair(ps0.clean_batch(), ps0.corrupted_batch())
-    parts = [clean0]
-    if cfg.shots:
-        psk = factual(lm.tokenizer, n=cfg.n_per_relation * n_rel, seed=cfg.seed + 1, relations=rels, shots=cfg.shots,
-                      require_equal_length=False)
-        parts.append(_dedupe_pair(psk.clean_batch(), psk.clean_batch())[0])
-    keep = ("target_id", "end_pos", "subject_span", "relation", "shots")
-    parts = [TokenBatch(input_ids=p.input_ids, attention_mask=p.attention_mask, meta={k: p.meta[k] for k in keep},
+@dataclass(frozen=True)
+class FactualPrompts:
+    """The prompts of the analysis, built split by split.
+
+    ``facts``: ``{split: {relation: subjects}}``; ``splits``: ``{split: clean prompts}`` (zero- and
+    few-shot; meta ``split`` and ``subject`` per row); ``clean0``/``corrupt0``: the zero-shot prompts
+    of every split with their equal-length subject swaps (partners from the same split).
+    """
+
+    facts: dict[str, dict[str, list[str]]]
+    splits: dict[str, TokenBatch]
+    clean0: TokenBatch
+    corrupt0: TokenBatch
+    heldout_relations: list[str]
+
+    @property
+    def all(self) -> TokenBatch:
+        return concat_batches(list(self.splits.values()))
+
+
+def load_relations(lm: LoadedModel, names: list[str] | None) -> dict[str, Relation]:
+    """``{spec: Relation}`` for built-in names or relation files, with the pairs the factual task uses."""
+    tok = lm.tokenizer
+    specs = list(names) if names else list(BUILTIN_RELATIONS)
+    return {r: builtin_relation(r, tok) if r in BUILTIN_RELATIONS else load_relation(r, tok, strict=True) for r in specs}
+
+
+def _split_prompts(lm: LoadedModel, cfg: FactualConfig, split: str, specs: list[str], subjects: dict[str, list[str]],
+                   per_relation: int) -> tuple[TokenBatch, TokenBatch, TokenBatch]:
+    """(zero-shot clean, zero-shot corrupted, all clean prompts) of one split."""
+    n = per_relation * len(specs)
+    try:
+        ps0 = factual(lm.tokenizer, n=n, seed=cfg.seed, relations=specs, shots=0, metric="logit_diff", subjects=subjects)
+        clean0, corrupt0 = _dedupe_pair(ps0.clean_batch(), ps0.corrupted_batch())
+        clean0 = replace(clean0, meta=clean0.meta | {"split": [split] * len(clean0)})
+        parts = [clean0]
+        if cfg.shots:
+            psk = factual(lm.tokenizer, n=n, seed=cfg.seed + 1, relations=specs, shots=cfg.shots,
+                          require_equal_length=False, subjects=subjects)
+            parts.append(_dedupe_pair(psk.clean_batch(), psk.clean_batch())[0])
+    except TaskError as err:
+        raise TaskError(f"{split} facts ({', '.join(f'{r}: {len(s)}' for r, s in subjects.items())}): {err.problem}",
+                        err.hint) from err
+    keep = ("target_id", "end_pos", "subject_span", "relation", "shots", "subject")
+    parts = [TokenBatch(input_ids=p.input_ids, attention_mask=p.attention_mask,
+                        meta={k: p.meta[k] for k in keep} | {"split": [split] * len(p)},
                         texts=p.texts, task=p.task, params=p.params) for p in parts]
     return clean0, corrupt0, concat_batches(parts)
+
+
+def build_prompts(lm: LoadedModel, cfg: FactualConfig) -> FactualPrompts:
+    """Split the facts (:func:`split_relation_facts`), then build each split's prompts from its own facts.
+
+    Per relation, ``n_per_relation`` prompts of each style are shared between its training facts and
+    its held-out facts (``test_frac`` of them, at least one); a held-out relation gets all of them.
+    """
+    if lm.tokenizer is None:
+        raise TaskError(f"{lm.name} has no tokenizer", "the factual analysis needs a model with a tokenizer")
+    rels = load_relations(lm, cfg.relations)
+    names = [r.name for r in rels.values()]
+    held = list(cfg.heldout_relations) if cfg.heldout_relations is not None else [names[-1]]
+    facts = split_relation_facts({r.name: r.pairs for r in rels.values()}, heldout_relations=held,
+                                 test_frac=cfg.test_frac, seed=cfg.seed)
+    n_test = max(1, round(cfg.test_frac * cfg.n_per_relation))
+    counts = {"train": max(1, cfg.n_per_relation - n_test), "heldout_facts": n_test,
+              "heldout_relations": cfg.n_per_relation}
+    zero, corrupt, splits = [], [], {}
+    for split in FACT_SPLITS:
+        subjects = facts[split]
+        if not subjects:
+            continue
+        specs = [spec for spec, r in rels.items() if r.name in subjects]
+        c0, r0, prompts = _split_prompts(lm, cfg, split, specs, subjects, counts[split])
+        zero.append(c0)
+        corrupt.append(r0)
+        splits[split] = prompts
+    return FactualPrompts(facts, splits, concat_batches(zero), concat_batches(corrupt), held)
+
+
+def choose_on_train(lm: LoadedModel, cfg: FactualConfig, train: TokenBatch, corpus_ids: torch.Tensor
+                    ) -> tuple[Mitigation, list[dict[str, Any]], dict[str, Any]]:
+    """Every choice of the mitigation, on the training prompts only: the final layer's suppressor heads
+    (measured on ``train``), then :func:`choose_mitigation` with the cost on ``corpus_ids``.
+    Returns (chosen, one row per candidate, what the selection saw)."""
+    freq = token_frequency(lm.tokenizer, cfg.frequency)
+    sup = final_layer_suppression(lm, train, frequency=freq, batch_size=cfg.batch_size)
+    heads = [HeadId.parse(n) for n in sup.suppressors() if n.startswith("L")]
+    chosen, rows = choose_mitigation(lm, train, corpus_ids, suppressor_heads=heads, max_cost=cfg.max_cost,
+                                     max_train=cfg.max_train, seed=cfg.seed, factors=cfg.factors)
+    return chosen, rows, {"split": "train", "n_prompts": len(train), "suppressors": sup.suppressors(),
+                          "corpus_windows": int(corpus_ids.shape[0]), "max_cost": cfg.max_cost, "factors": list(cfg.factors)}
 
 
 def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Callable[[str], None] | None = None) -> FactualReport:
@@ -128,9 +211,9 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Calla
     cfg = cfg or FactualConfig()
     rep = FactualReport(model=lm.name, config=cfg, model_info=lm.model_info())
     t = time.perf_counter()
-    clean0, corrupt0, allp = build_prompts(lm, cfg)
+    prompts = build_prompts(lm, cfg)
+    clean0, corrupt0, allp = prompts.clean0, prompts.corrupt0, prompts.all
     relations = sorted(set(allp.meta["relation"]))
-    held = cfg.heldout_relations if cfg.heldout_relations is not None else [list(dict.fromkeys(allp.meta["relation"]))[-1]]
     rep.timings["prompts"] = time.perf_counter() - t
     _log(log, "prompts", rep.timings["prompts"])
 
@@ -197,18 +280,15 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Calla
     _log(log, "suppression", rep.timings["suppression"])
 
     t = time.perf_counter()
-    splits = split_facts(allp, heldout_relations=held, seed=cfg.seed)
     corpus = natural_text(tok, n=cfg.corpus_windows, seq_len=cfg.window_len, seed=cfg.seed).input_ids
     half = max(1, corpus.shape[0] // 2)
-    sup_heads = [HeadId.parse(n) for n in sup.suppressors() if n.startswith("L")]
-    chosen, rows = choose_mitigation(lm, splits.train, corpus[:half], suppressor_heads=sup_heads, max_cost=cfg.max_cost,
-                                     max_train=cfg.max_train, seed=cfg.seed, factors=cfg.factors)
+    chosen, rows, selection = choose_on_train(lm, cfg, prompts.splits["train"], corpus[:half])
     rep.mitigation_candidates = rows
-    evals = {"train": splits.train, "heldout_facts": splits.heldout_facts}
-    if splits.heldout_relations is not None:
-        evals["heldout_relations"] = splits.heldout_relations
-    rep.mitigation = evaluate_mitigation(lm, chosen, evals, corpus[half:] if corpus.shape[0] > 1 else corpus, seed=cfg.seed)
-    rep.mitigation["heldout_relation_names"] = held
+    rep.mitigation = evaluate_mitigation(lm, chosen, prompts.splits, corpus[half:] if corpus.shape[0] > 1 else corpus,
+                                         seed=cfg.seed)
+    rep.mitigation["heldout_relation_names"] = prompts.heldout_relations
+    rep.mitigation["selection"] = selection
+    rep.mitigation["facts"] = {split: {r: len(s) for r, s in by_rel.items()} for split, by_rel in prompts.facts.items()}
     rep.chosen = chosen
     rep.timings["mitigation"] = time.perf_counter() - t
     _log(log, "mitigation", rep.timings["mitigation"])
@@ -218,7 +298,7 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Calla
         rep.inputs.append(InputRow(idx=i, token_ids=allp.input_ids[i, :n_tok].tolist(), role="clean",
                                    text=allp.texts[i] if allp.texts else None,
                                    meta={"relation": allp.meta["relation"][i], "target_id": int(allp.meta["target_id"][i]),
-                                         "shots": int(allp.meta["shots"][i])}))
+                                         "shots": int(allp.meta["shots"][i]), "split": allp.meta["split"][i]}))
     rep.trajectory["relations"] = relations
     return rep
 

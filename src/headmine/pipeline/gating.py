@@ -20,7 +20,13 @@ import torch
 from headmine.atlas import AtlasRun, InputRow, JobResult, LabelRow, RunRecord, ScoreRow, utc_now
 from headmine.atlas.artifacts import chg_artifacts, curve_artifacts, make_targeted_ablation
 from headmine.causal.activation_patching import activation_patching
-from headmine.causal.contrastive_gating import ContrastConfig, ContrastResult, fit_contrastive, token_accuracy
+from headmine.causal.contrastive_gating import (
+    ContrastConfig,
+    ContrastResult,
+    ContrastSplit,
+    fit_contrastive,
+    token_accuracy,
+)
 from headmine.causal.head_gating import (
     LABELS,
     CHGConfig,
@@ -176,19 +182,24 @@ def gating_input_rows(data: GatingData, role: str) -> list[InputRow]:
 @dataclass
 class ContrastReport(JobResult):
     """A contrastive CHG fit with its accuracies; written as one ``chg_contrast`` run (gate scores,
-    gates per seed, curves, accuracies, both input sets)."""
+    gates per seed, curves, accuracies, the fit rows and the held-out rows).
+
+    ``accuracy``: mean per-problem token accuracy of each format without / with the gates (seed 0) on
+    the held-out rows (``retain_before`` ... ``forget_after``, the headline, labelled by ``heldout``
+    and ``n_heldout``) and on the fit rows (``fit_retain_before`` ...).
+    """
 
     model: str
     model_info: dict[str, Any]
-    retain: GatingData
-    forget: GatingData
+    split: ContrastSplit
     result: ContrastResult
-    accuracy: dict[str, float] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)
     started_at: str | None = None
     duration_s: float = 0.0
 
     def to_atlas(self, *, group_id: str | None = None) -> AtlasRun:
         res = self.result
+        sp = self.split
         k = res.G.shape[0]
         mean = res.G.mean(0).numpy()
         scores = [ScoreRow(layer=l_, head=h, method="chg_contrast", metric="G", value=float(v), n=k)
@@ -197,30 +208,31 @@ class ContrastReport(JobResult):
                    for (l_, h), v in np.ndenumerate(mean)]
         artifacts: dict[str, Any] = {"G": res.G.numpy().astype(np.float32), "accuracy": self.accuracy,
                                      "summary": {"status": res.status, "message": res.message,
-                                                 "updates_done": res.updates_done}}
+                                                 "updates_done": res.updates_done, "heldout": sp.heldout}}
         artifacts.update(curve_artifacts(res.curves))
         record = RunRecord(kind="chg_contrast", model=self.model, model_info=self.model_info,
-                           task=f"retain={self.retain.source};forget={self.forget.source}",
-                           params={**res.config.to_dict(), "rows": len(self.retain)},
+                           task=f"retain={sp.retain.source};forget={sp.forget.source}",
+                           params={**res.config.to_dict(), "rows": len(sp.retain), "heldout": sp.heldout,
+                                   "heldout_rows": len(sp.eval_retain)},
                            seeds=[res.config.seed + i for i in range(k)], started_at=self.started_at,
                            duration_s=self.duration_s, status=res.status, group_id=group_id, notes=res.message)
-        inputs = gating_input_rows(self.retain, "retain") + gating_input_rows(self.forget, "forget")
+        inputs = (gating_input_rows(sp.retain, "retain") + gating_input_rows(sp.forget, "forget")
+                  + gating_input_rows(sp.eval_retain, "heldout_retain") + gating_input_rows(sp.eval_forget, "heldout_forget"))
         return AtlasRun(record=record, scores=scores, inputs=inputs, artifacts=artifacts)
 
 
-def contrast_model(lm: LoadedModel, retain: GatingData, forget: GatingData, config: ContrastConfig | None = None, *,
-                   eval_retain: GatingData | None = None, eval_forget: GatingData | None = None,
+def contrast_model(lm: LoadedModel, split: ContrastSplit, config: ContrastConfig | None = None, *,
                    progress: Progress | None = None) -> ContrastReport:
-    """Fit contrastive CHG and measure mean per-problem token accuracy on both formats (held-out rows when
-    given, else the training rows) with and without the gates (seed 0)."""
+    """Fit contrastive CHG on the split's fit rows and measure mean per-problem token accuracy of both
+    formats with and without the gates (seed 0): on the held-out rows (the headline) and on the fit rows."""
     started = utc_now()
     t0 = time.perf_counter()
-    res = fit_contrastive(lm, retain, forget, config, progress=progress)
-    er, ef = eval_retain or retain, eval_forget or forget
+    res = fit_contrastive(lm, split.retain, split.forget, config, progress=progress)
     gates = res.G[0]
-    acc = {
-        "retain_before": float(token_accuracy(lm, er).mean()), "retain_after": float(token_accuracy(lm, er, gates).mean()),
-        "forget_before": float(token_accuracy(lm, ef).mean()), "forget_after": float(token_accuracy(lm, ef, gates).mean()),
-    }
-    return ContrastReport(model=lm.name, model_info=lm.model_info(), retain=retain, forget=forget, result=res,
+    acc: dict[str, Any] = {"heldout": split.heldout, "n_heldout": len(split.eval_retain), "n_fit": len(split.retain)}
+    for prefix, retain, forget in (("", split.eval_retain, split.eval_forget), ("fit_", split.retain, split.forget)):
+        for name, data in (("retain", retain), ("forget", forget)):
+            acc[f"{prefix}{name}_before"] = float(token_accuracy(lm, data).mean())
+            acc[f"{prefix}{name}_after"] = float(token_accuracy(lm, data, gates).mean())
+    return ContrastReport(model=lm.name, model_info=lm.model_info(), split=split, result=res,
                           accuracy=acc, started_at=started, duration_s=time.perf_counter() - t0)

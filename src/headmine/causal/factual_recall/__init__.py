@@ -5,7 +5,8 @@
 - :func:`decompose_mlp` / :func:`mlp_layer_scan`: MLP output = beta-weighted head outputs + relation intercept.
 - :func:`final_layer_suppression`: final-layer attention to the first token, direct effects, frequency correlation.
 - :func:`choose_mitigation` / :class:`Mitigation` / :func:`mitigated`: an inference-time fix, chosen on a
-  training split, evaluated on held-out facts and relations, saved as JSON + safetensors.
+  training split, evaluated on held-out facts and relations, saved as JSON + safetensors;
+  :func:`split_relation_facts` splits the facts before any prompt is built.
 
 Every analysis takes a fact batch (:mod:`headmine.causal.factual_recall.common`).
 """
@@ -16,17 +17,19 @@ from headmine.causal.factual_recall.argument_passing import (
     argument_passing_heads,
     subject_swaps,
 )
+from headmine.causal.factual_recall.common import bootstrap_ci
 from headmine.causal.factual_recall.mitigation import (
+    FACT_SPLITS,
     FactSplits,
     Mitigation,
     answer_scores,
-    bootstrap_ci,
     candidate_mitigations,
     choose_mitigation,
     corpus_loss,
     evaluate_mitigation,
     mitigated,
     split_facts,
+    split_relation_facts,
 )
 from headmine.causal.factual_recall.mlp_decomposition import (
     Intercept,
@@ -43,6 +46,7 @@ from headmine.causal.factual_recall.suppression import (
 from headmine.causal.factual_recall.trajectory import Trajectory, answer_trajectory
 
 __all__ = [
+    "FACT_SPLITS",
     "ArgumentPassing",
     "Component",
     "FactSplits",
@@ -65,6 +69,7 @@ __all__ = [
     "mitigated",
     "mlp_layer_scan",
     "split_facts",
+    "split_relation_facts",
     "subject_swaps",
     "token_frequency",
 ]

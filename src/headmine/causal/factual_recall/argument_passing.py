@@ -23,7 +23,8 @@ forward + backward), the rest by attention to the subject; the others stay NaN. 
 subsamples the prompt pairs.
 
 Causal check: the top-k heads patched together from the corrupted run (total effect at the
-prediction position, all paths) versus k random other heads (mean over draws).
+prediction position, all paths) versus k random other heads (mean over draws), with a paired
+bootstrap 95% CI over prompts of the difference (top minus the random draws' mean, per prompt).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from headmine.causal import PatchFrom, run_with_interventions
 from headmine.causal.attribution_patching import attribution_patching
 from headmine.causal.factual_recall.common import (
     as_list,
+    bootstrap_ci,
     check_fact_batch,
     decode_direction,
     rows_at,
@@ -236,18 +238,23 @@ def argument_passing_heads(
     order = torch.nan_to_num(path, nan=-float("inf")).flatten().argsort(descending=True)
     ranked = [HeadId(int(i) // H, int(i) % H) for i in order if not torch.isnan(path.flatten()[i])]
 
-    def total_effect(heads: list[HeadId]) -> float:
+    def total_effect(heads: list[HeadId]) -> torch.Tensor:
+        """Per prompt [B]: the share of the mean swap effect that patching ``heads`` carries."""
         src = {layer: _full_len(z_r[layer], end, width) for layer in {h.layer for h in heads}}
         logits = run_with_interventions(lm, clean.input_ids, clean.attention_mask,
                                         [PatchFrom(heads=tuple(heads), positions=end, source=src)])
-        return float((_logit_diff(logits, end, tgt, other) - ld_c).mean()) / denom
+        return (_logit_diff(logits, end, tgt, other) - ld_c).float().cpu() / denom
 
     k = min(top_k, len(ranked))
     top = ranked[:k]
     rng = random.Random(seed)
     rest = [HeadId(m, h) for m in range(L) for h in range(H) if HeadId(m, h) not in top]
+    top_eff = total_effect(top)
     rand = [total_effect(rng.sample(rest, k)) for _ in range(n_random)] if len(rest) >= k else []
-    check = {"k": k, "top_heads": [str(h) for h in top], "top_k_effect": total_effect(top),
-             "random_k_effect_mean": float(sum(rand) / len(rand)) if rand else float("nan"),
-             "random_k_effects": rand, "top_k_path_sum": float(sum(path[h.layer, h.head] for h in top)), **screen}
+    rand_mean = torch.stack(rand).mean(0) if rand else torch.full_like(top_eff, float("nan"))
+    diff = bootstrap_ci(top_eff - rand_mean, seed=seed)
+    check = {"k": k, "top_heads": [str(h) for h in top], "top_k_effect": float(top_eff.mean()),
+             "random_k_effect_mean": float(rand_mean.mean()), "random_k_effects": [float(r.mean()) for r in rand],
+             "top_minus_random": diff[0], "top_minus_random_ci": [diff[1], diff[2]],
+             "top_k_path_sum": float(sum(path[h.layer, h.head] for h in top)), **screen}
     return ArgumentPassing(path, attn, dec, chance, ranked, check, float(ld_c.mean()), float(ld_r.mean()), len(clean))

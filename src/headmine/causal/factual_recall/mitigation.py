@@ -14,6 +14,11 @@ excluded; if no candidate improves the training score the result is the identity
 :func:`evaluate_mitigation` then reports top-1 and answer probability before/after on held-out
 facts and held-out relations with paired bootstrap confidence intervals, and the corpus cost.
 
+Splits come first (:func:`split_relation_facts`): the facts are split before any prompt is built,
+and each split's prompts (few-shot demonstrations and subject swaps included) use only that split's
+facts, so no held-out fact reaches the prompts the mitigation (suppressor heads, candidate,
+direction) is chosen on. :func:`split_facts` splits an already built batch by subject instead.
+
 Saved as ``<stem>.json`` (everything but tensors) plus ``<stem>.safetensors`` (directions); no pickle.
 """
 
@@ -21,13 +26,12 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -37,6 +41,7 @@ from headmine.causal import Scale, intervening
 from headmine.causal.factual_recall.common import (
     answer_stats,
     as_list,
+    bootstrap_ci,
     check_fact_batch,
     end_logits,
     sub_batches,
@@ -169,23 +174,48 @@ def corpus_loss(lm: LoadedModel, corpus_ids: torch.Tensor, mitigation: Mitigatio
     return total / count
 
 
-def bootstrap_ci(values: torch.Tensor, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap of the mean of ``values`` [N] (paired differences)."""
-    x = values.double().numpy()
-    if x.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
-    a = (1 - level) / 2
-    return float(x.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
-
-
 # --------------------------------------------------------------------------- splits, selection, evaluation
 @dataclass(frozen=True)
 class FactSplits:
     train: TokenBatch
     heldout_facts: TokenBatch
     heldout_relations: TokenBatch | None
+
+
+FACT_SPLITS = ("train", "heldout_facts", "heldout_relations")
+
+
+def split_relation_facts(relations: Mapping[str, Sequence[tuple[str, str]]], *, heldout_relations: Sequence[str],
+                         test_frac: float = 0.4, seed: int = 0) -> dict[str, dict[str, list[str]]]:
+    """Split (subject, answer) facts before any prompt is built: ``{split: {relation: subjects}}``
+    for the splits ``train``, ``heldout_facts`` and ``heldout_relations`` (:data:`FACT_SPLITS`).
+
+    A held-out relation goes whole to ``heldout_relations``; every other relation gives a share
+    ``test_frac`` of its subjects (at least one, at most all but one) to ``heldout_facts``. Each
+    relation's split depends only on its own facts, ``seed`` and its name (a string seed), so adding,
+    removing or changing another relation, held out or not, leaves it unchanged.
+    """
+    unknown = set(heldout_relations) - set(relations)
+    if unknown:
+        raise TaskError(f"held-out relations {sorted(unknown)} are not among the relations",
+                        f"choose from {sorted(relations)}")
+    out: dict[str, dict[str, list[str]]] = {name: {} for name in FACT_SPLITS}
+    for rel, pairs in relations.items():
+        subjects = sorted({s for s, _ in pairs})
+        if rel in heldout_relations:
+            out["heldout_relations"][rel] = subjects
+            continue
+        if len(subjects) < 2:
+            raise TaskError(f"relation {rel!r} has {len(subjects)} subject(s): too few to hold some out",
+                            "give every relation that is not held out at least two facts")
+        random.Random(f"{seed}:{rel}").shuffle(subjects)
+        n_test = min(len(subjects) - 1, max(1, round(test_frac * len(subjects))))
+        out["heldout_facts"][rel] = sorted(subjects[:n_test])
+        out["train"][rel] = sorted(subjects[n_test:])
+    if not out["train"]:
+        raise TaskError("every relation is held out: nothing to choose the mitigation on",
+                        "hold out fewer relations")
+    return out
 
 
 def split_facts(batch: TokenBatch, *, heldout_relations: Sequence[str], test_frac: float = 0.4, seed: int = 0) -> FactSplits:
