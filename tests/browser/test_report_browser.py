@@ -104,7 +104,7 @@ def test_heatmaps_render_and_hover_shows_meaning_and_rank(browser, report):
     _hover(browser, ablation.find_element("css selector", 'rect.cell[data-i="3"][data-j="4"]'))
     text = browser.find_element("id", "tooltip").text
     assert "ablating the head lowers the IO − S logit difference by 2.4 logits" in text
-    assert "rank 1 of 24 · 100th percentile" in text
+    assert "rank 1 of 24 by |value| · 100th percentile" in text
     assert browser.find_elements("css selector", "div.curve svg path")
 
 
@@ -130,7 +130,7 @@ def test_head_pages_title_rank_and_percentile(browser, report):
     assert browser.find_element("id", "head-title").text == "Head L3H4 — Induction Head (confirmed)"
     summary = browser.find_element("id", "head-summary").text
     assert "Confirmed: Induction Head" in summary and "18.3 sd above random heads" in summary
-    assert "ablating the head lowers the IO − S logit difference by 2.4 logits — rank 1 of 24 · 100th percentile" in summary
+    assert "ablating the head lowers the IO − S logit difference by 2.4 logits — rank 1 of 24 by |value| · 100th percentile" in summary
     rows = {r.find_element("css selector", "td").text: r for r in browser.find_elements("css selector", "table.head-scores tr[data-key]")}
 
     def cells(prefix: str) -> list[str]:

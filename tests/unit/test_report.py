@@ -142,6 +142,9 @@ def test_ranks_handle_ties_and_signs():
     assert len({pct[0, j] for j in range(3)}) == 1  # a tie group shares one percentile
     rank, pct, _ = ranks(vals, -1)
     assert rank[1, 2] == 1 and pct[1, 2] == 100
+    # effects rank by |value|: a head that works against the answer (+2.0 under ablation) matters too
+    rank, pct, _ = ranks(np.array([[-1.0, 2.0, 0.5]]), -1, by_abs=True)
+    assert list(rank[0]) == [2, 1, 3] and pct[0, 1] == 100
     rank, _, n = ranks(np.array([[np.nan, 1.0]]), 0)
     assert n == 1 and rank[0, 0] == 0 and rank[0, 1] == 1
 
@@ -156,7 +159,8 @@ def test_method_agreement_on_the_union_of_top_heads():
                                                ("ablation", "ablation_zero", "delta_logit_diff", base)))]
     ag = method_agreement(mk, k=10, min_common=20)
     assert ag["k"] == 10 and ag["overlap"][0][1] == 10 and ag["rho"][0][1] == 1.0 and not ag["weak"][0][1]
-    assert ag["overlap"][0][2] == 0  # opposite signs: no shared top head
+    # opposite signs: the same heads matter most (|effect|), but their aligned importances anti-correlate
+    assert ag["overlap"][0][2] == 10 and ag["rho"][0][2] == -1.0
     few = [Series(key=s.key, kind=s.kind, task=s.task, method=s.method, metric=s.metric, run_id=1,
                   values=np.where(np.arange(48).reshape(6, 8) < 9, s.values, np.nan), meaning=s.meaning) for s in mk]
     assert method_agreement(few, k=10, min_common=20)["weak"][0][1]  # 9 heads in common: greyed

@@ -2,8 +2,10 @@
 
 Every head-level series gets a :class:`Meaning`: the quantity it measures, its unit, what a positive
 and a negative value say in words, and its *importance sign* ``s`` such that ``s * value`` is the
-head's importance (largest first). Rank 1 is always the most important head by that stated
-direction; a series whose direction is unknown is ranked by ``|value|`` and says so.
+head's sign-aligned importance (positive: the head supports the behaviour; maps and correlations use
+it). Ranks: effects on a task (``delta_``, ``dla_``, ``frac_``, unknown metrics) rank by
+``|value|``, since a head that works against the answer matters as much as one that supports it;
+scores and gates rank by their stated direction. Rank 1 is always the most important head.
 
 The rules follow how the writers define their metrics (``causal.metrics.HeadEffects``: ``delta_<m>``
 is the change of metric ``m`` under the intervention, ``frac_<m>`` that change as a share of the
@@ -52,6 +54,7 @@ class Meaning:
     negative: str
     importance: str
     supports: str = ""  # what a positive importance says, without a number ("ablating the head lowers ...")
+    by_abs: bool = False  # rank by |importance| (effects: a head that works against the answer matters too)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,8 +107,8 @@ def meaning_for(kind: str, task: str | None, method: str, metric: str, *, defini
             return Meaning(quantity=f"direct effect on {q}", unit=unit, sign=1,
                            positive=f"its direct output raises {q} by {{x}} {unit}",
                            negative=f"its direct output lowers {q} by {{x}} {unit}",
-                           importance="a head that raises it directly ranks first",
-                           supports=f"its direct output raises {q}")
+                           importance="ranked by |effect|: a positive value supports the answer, a negative one works against it",
+                           supports=f"its direct output raises {q}", by_abs=True)
         act, sign = next(((words, s) for p, words, s in _INTERVENTIONS if method.startswith(p)), (None, 0))
         if prefix == "frac_":
             # frac = delta / (reference - baseline): positive when the patch moves the metric the
@@ -113,20 +116,30 @@ def meaning_for(kind: str, task: str | None, method: str, metric: str, *, defini
             return Meaning(quantity=f"share of the clean − corrupted gap in {q}", unit="share", sign=1,
                            positive=f"{act or 'the intervention'} moves {q} {{x}} of the way to the other run",
                            negative=f"{act or 'the intervention'} moves {q} {{x}} of the way away from the other run",
-                           importance="a larger share ranks first", supports=f"{act or 'the intervention'} closes more of the gap")
+                           importance="ranked by |share|", supports=f"{act or 'the intervention'} closes more of the gap",
+                           by_abs=True)
         act = act or f"the {method} intervention"
         if sign == 0:
             return Meaning(quantity=f"change in {q}", unit=unit, sign=0, positive=f"{act} raises {q} by {{x}} {unit}",
-                           negative=f"{act} lowers {q} by {{x}} {unit}", importance="ranked by |change| (direction unknown)")
+                           negative=f"{act} lowers {q} by {{x}} {unit}", importance="ranked by |change| (direction unknown)",
+                           by_abs=True)
         helps = "lowers" if sign < 0 else "raises"
         return Meaning(quantity=f"change in {q}", unit=unit, sign=sign,
                        positive=f"{act} raises {q} by {{x}} {unit}", negative=f"{act} lowers {q} by {{x}} {unit}",
-                       importance=f"a head where {act} {helps} it most ranks first", supports=f"{act} {helps} {q}")
+                       importance=f"ranked by |change|: {act} {helps} it for a head that supports the answer",
+                       supports=f"{act} {helps} {q}", by_abs=True)
     what = f"{method} · {metric}"
     return Meaning(quantity=what, unit="", sign=0, positive="{x}", negative="−{x}",
-                   importance="ranked by |value| (the writer states no direction)")
+                   importance="ranked by |value| (the writer states no direction)", by_abs=True)
 
 
 def importance(values: Any, sign: int) -> Any:
-    """``sign * values``, or ``|values|`` when the sign is unknown (0)."""
+    """``sign * values`` (sign-aligned: positive supports the behaviour), or ``|values|`` when the sign
+    is unknown (0)."""
     return abs(values) if sign == 0 else sign * values
+
+
+def rank_key(values: Any, sign: int, by_abs: bool) -> Any:
+    """What ranks heads: ``|values|`` for effects (a head matters whichever way it pushes), else the
+    sign-aligned value."""
+    return abs(values) if by_abs else importance(values, sign)

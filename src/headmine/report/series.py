@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from headmine.atlas.artifacts import finite
-from headmine.report.meaning import Meaning, importance, meaning_for
+from headmine.report.meaning import Meaning, importance, meaning_for, rank_key
 
 PRIMARY_METRICS = ("score", "effect", "delta_", "dla_", "F", "removed", "G", "frac_", "value")
 """The metric that stands for a (kind, task, method) in the agreement table, first found wins
@@ -51,9 +51,17 @@ class Series:
         """Importance sign: ``sign * value`` ranks heads (0 = by |value|)."""
         return self.meaning.sign if self.meaning is not None else 0
 
+    @property
+    def by_abs(self) -> bool:
+        return self.meaning.by_abs if self.meaning is not None else True
+
     def importance(self) -> np.ndarray:
-        """[L, H] importance of each head under this series' stated direction."""
+        """[L, H] sign-aligned importance of each head (positive: supports the behaviour)."""
         return np.asarray(importance(self.values, self.sign), dtype=float)
+
+    def rank_key(self) -> np.ndarray:
+        """[L, H] what ranks the heads (|effect| for effects, the aligned value for scores)."""
+        return np.asarray(rank_key(self.values, self.sign, self.by_abs), dtype=float)
 
     @property
     def label(self) -> str:
@@ -80,6 +88,7 @@ class Series:
             "n": self.n,
             "z": [[finite(v) for v in row] for row in self.values],
             "sign": self.sign,
+            "by_abs": self.by_abs,
             "scale": self.scale,
         }
         if self.meaning is not None:
@@ -182,14 +191,15 @@ def scale_groups(series: list[Series]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def ranks(values: np.ndarray, sign: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(rank, percentile, n) of every head by importance; ties share the best rank and one percentile.
+def ranks(values: np.ndarray, sign: int, by_abs: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rank, percentile, n) of every head by :func:`~headmine.report.meaning.rank_key`; ties share the
+    best rank and one percentile.
 
     Rank 1 is the most important head; percentile = 100 x (heads strictly less important + half
     of the other heads tied with it) / (n - 1), so a tie group sits at its middle, and NaN heads get
     rank 0 / NaN.
     """
-    imp = np.asarray(importance(values, sign), dtype=float)
+    imp = np.asarray(rank_key(values, sign, by_abs), dtype=float)
     flat = imp.ravel()
     ok = np.isfinite(flat)
     fin = flat[ok]
@@ -207,16 +217,17 @@ def ranks(values: np.ndarray, sign: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def top_heads(s: Series, k: int) -> list[tuple[int, int, float]]:
-    """The ``k`` most important heads of a series: (layer, head, value), ties in head order."""
-    imp = s.importance()
-    flat = [(-imp[layer, head], layer, head) for layer, head in np.ndindex(imp.shape) if np.isfinite(imp[layer, head])]
+    """The ``k`` most important heads of a series (by its rank key): (layer, head, value), ties in head order."""
+    key = s.rank_key()
+    flat = [(-key[layer, head], layer, head) for layer, head in np.ndindex(key.shape) if np.isfinite(key[layer, head])]
     flat.sort()
     return [(layer, head, float(s.values[layer, head])) for _, layer, head in flat[:k]]
 
 
 def method_agreement(series: list[Series], *, k: int = 10, min_common: int = 20) -> dict[str, Any]:
-    """Sign-aligned agreement between every pair of series: top-k overlap and Spearman rank
-    correlation on the union of the two top-k sets.
+    """Agreement between every pair of series: how many of their top-k heads (by each one's rank key,
+    |effect| for effects) they share, and the Spearman rank correlation of their sign-aligned
+    importances on the union of the two top-k sets (so opposite signs show as disagreement).
 
     ``k`` shrinks to a quarter of the heads on small models. A pair is marked ``weak`` (greyed on
     the page) when the two series score fewer than ``max(min_common, 2k)`` heads in common, or the

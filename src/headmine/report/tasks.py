@@ -34,7 +34,7 @@ def task_anchor(task: str) -> str:
 
 def _top_table(maps: list[Series], k: int) -> list[dict[str, Any]]:
     """The heads in any method's top-k, ordered by their mean rank over the methods."""
-    ranked = {s.key: ranks(s.values, s.sign) for s in maps}
+    ranked = {s.key: ranks(s.values, s.sign, s.by_abs) for s in maps}
     heads: dict[tuple[int, int], None] = {}
     for s in maps:
         for layer, head, _ in top_heads(s, k):

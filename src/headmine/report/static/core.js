@@ -46,18 +46,20 @@
   HM.hideTip = function () { if (tip) { tip.hidden = true; } };
 
   // ---------------------------------------------------------------- meaning, importance, ranks
-  // one convention everywhere: importance = sign * value (|value| when the sign is unknown), rank 1
-  // = most important, ties share the best rank, percentile = middle of the tie group
+  // one convention everywhere (as report/meaning.py): importance = sign * value (|value| when the
+  // sign is unknown); effects rank by |value|, scores by importance; rank 1 = most important, ties
+  // share the best rank, percentile = middle of the tie group
   HM.importance = function (v, sign) { return sign ? sign * v : Math.abs(v); };
-  HM.rankInfo = function (z, sign, l, h) {
+  HM.rankKey = function (v, sign, byAbs) { return byAbs ? Math.abs(v) : HM.importance(v, sign); };
+  HM.rankInfo = function (z, sign, l, h, byAbs) {
     var v = z[l] ? z[l][h] : null;
     if (!HM.finite(v)) { return null; }
-    var me = HM.importance(v, sign), above = 0, below = 0, n = 0;
+    var me = HM.rankKey(v, sign, byAbs), above = 0, below = 0, n = 0;
     for (var i = 0; i < z.length; i++) {
       for (var j = 0; j < z[i].length; j++) {
         var x = z[i][j];
         if (!HM.finite(x)) { continue; }
-        x = HM.importance(x, sign);
+        x = HM.rankKey(x, sign, byAbs);
         n++;
         if (x > me) { above++; } else if (x < me) { below++; }
       }
@@ -65,9 +67,9 @@
     var ties = n - above - below;
     return { rank: above + 1, n: n, tied: ties - 1, pct: n > 1 ? 100 * (below + 0.5 * (ties - 1)) / (n - 1) : 100 };
   };
-  HM.rankText = function (r) {
+  HM.rankText = function (r, byAbs) {
     if (!r) { return "not ranked"; }
-    return "rank " + r.rank + " of " + r.n + (r.tied > 0 ? " (tied with " + r.tied + ")" : "") +
+    return "rank " + r.rank + " of " + r.n + (byAbs ? " by |value|" : "") + (r.tied > 0 ? " (tied with " + r.tied + ")" : "") +
       " · " + HM.ordinal(Math.round(r.pct)) + " percentile";
   };
   HM.ordinal = function (n) {

@@ -91,7 +91,7 @@
         if (!s) { return; }
         var v = s.z[l] ? s.z[l][h] : null;
         ul.appendChild(el("li", { "class": "task-importance" }, t.task + " · " + s.method + ": " + HM.describe(s.meaning, v) +
-          (HM.finite(v) ? " — " + HM.rankText(HM.rankInfo(s.z, s.sign, l, h)) : "")));
+          (HM.finite(v) ? " — " + HM.rankText(HM.rankInfo(s.z, s.sign, l, h, s.by_abs), s.by_abs) : "")));
       });
     });
     var pats = D.attn && D.attn.patterns ? D.attn.patterns[hid] : null;
@@ -164,7 +164,7 @@
 
   function scoresTable(view, l, h) {
     view.appendChild(el("h3", null, "Every score, with what it means"));
-    view.appendChild(el("p", { "class": "explain" }, "Rank 1 = the most important head under each score's stated direction; ties share a rank, and the percentile sits in the middle of the tie group."));
+    view.appendChild(el("p", { "class": "explain" }, "Rank 1 = the most important head: effects on a task rank by |value| (a head that works against the answer matters too; the sign says which way), scores and gates by their value. Ties share a rank, and the percentile sits in the middle of the tie group."));
     var wrap = el("div", { "class": "scroll-x" });
     var st = el("table", { "class": "head-scores" });
     var sh = el("tr");
@@ -172,7 +172,7 @@
     st.appendChild(sh);
     (D.series || []).forEach(function (s) {
       var v = s.z[l] ? s.z[l][h] : null;
-      var r = HM.rankInfo(s.z, s.sign, l, h);
+      var r = HM.rankInfo(s.z, s.sign, l, h, s.by_abs);
       var tr = el("tr", { "data-key": s.key });
       tr.appendChild(el("td", null, s.label + " · run " + s.run));
       var vt = fmt(v);

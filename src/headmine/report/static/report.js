@@ -17,7 +17,7 @@
       if (s.se && s.se[l] && HM.finite(s.se[l][h])) { t += " (± " + fmt(s.se[l][h]) + ")"; }
       if (s.n) { t += "  n=" + s.n; }
       if (alignedView && HM.finite(v)) { t += "\nimportance " + fmt(v, 3) + " (sign-aligned)"; }
-      t += "\n" + HM.rankText(HM.rankInfo(s.z, s.sign, l, h));
+      t += "\n" + HM.rankText(HM.rankInfo(s.z, s.sign, l, h, s.by_abs), s.by_abs);
       var role = HM.roleText("L" + l + "H" + h);
       if (role) { t += "\n" + role; }
       return t;
