@@ -13,6 +13,8 @@ Known answers the report tests check:
   difference by 2.4 (a negative effect that must rank 1 of 24, 100th percentile); ablation,
   patching and attribution share 6 of 6 top heads, DLA shares 3 of 6 with them.
 - Ties: the retrieval score is exactly 0 on 23 heads (rank 2 of 24, tied with 22, 48th percentile).
+- Head pages: an ``attention`` run (as `mine` writes it) stores IOI examples for the ``IOI_ORDER``
+  heads, and L3H4's output promotes ``IOI_PROMOTES``; L0H5 is in CHG's top 20 but has no example.
 """
 
 from __future__ import annotations
@@ -154,6 +156,25 @@ def write_causal(db: Atlas, model: str, seed: int = 1) -> list[int]:
         ids.append(db.write_run(RunRecord(kind=kind, model=model, model_info=_geometry(), task="ioi",
                                           params={"mode": "mean"}, duration_s=1.0), scores=rows))
     return ids
+IOI_TOKENS = ["<s>", "When", " Mary", " and", " John", " went", " to", " the", " store", ",", " John", " gave", " a",
+              " drink", " to"]
+IOI_PROMOTES = [" Mary", " Maria", " she", " her", " Mar"]
+
+
+def write_attention(db: Atlas, model: str) -> int:
+    """The `mine` stage's ``attention`` run: IOI-prompt patterns of the IOI heads (the final token
+    " to" attends to " Mary", position 2) and L3H4's promoted tokens."""
+    n = len(IOI_TOKENS)
+    mat = [[1.0] + [0.0] * q for q in range(n)]
+    mat[-1] = [0.1, 0.0, 0.8] + [0.1 / (n - 3)] * (n - 3)
+    patterns = {f"L{layer}H{head}": [mat] for layer, head in IOI_ORDER}
+    artifact = {"examples": [{"name": "names", "text": "When Mary and John went to the store, John gave a drink to",
+                              "tokens": IOI_TOKENS}],
+                "patterns": patterns, "promotes": {"L3H4": [IOI_PROMOTES]}}
+    run = RunRecord(kind="attention", model=model, model_info=_geometry(), params={"top_k": 20})
+    return db.write_run(run, artifacts={"attn_examples": artifact})
+
+
 def write_chg(db: Atlas, model: str, seed: int = 2) -> int:
     rng = np.random.default_rng(seed)
     k = 3
@@ -187,6 +208,7 @@ def build_synthetic_atlas(path: Path, *, second_model: bool = True) -> dict[str,
         ids["scan"] = write_scan(db, "synthetic-llama")
         ids["ablation"], ids["patching"], ids["attribution"], ids["dla"] = write_causal(db, "synthetic-llama")
         ids["chg"] = write_chg(db, "synthetic-llama")
+        ids["attention"] = write_attention(db, "synthetic-llama")
         if second_model:
             ids["scan_b"] = write_scan(db, "synthetic-gpt2", seed=7)
             ids["scan_small"] = write_scan(db, "other/small model", seed=9, n_layers=3, n_heads=4)

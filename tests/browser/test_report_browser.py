@@ -53,6 +53,12 @@ def _series_div(driver, caption_start: str):
     raise AssertionError(f"no heatmap captioned {caption_start!r}")
 
 
+def _example(driver, name: str):
+    """The head page's attention example box titled ``name``."""
+    boxes = driver.find_elements("css selector", "#head-view .attn-example")
+    return next(b for b in boxes if b.find_element("css selector", "h4").text == name)
+
+
 def _hover(driver, element) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
@@ -215,7 +221,7 @@ def test_keyboard_jump_box_and_attention_view(browser, report, artifacts_dir):
     svg.send_keys(Keys.ENTER)
     assert browser.current_url.endswith("#head/L2H1")
     assert browser.find_element("id", "head-title").text == "Head L2H1 — Induction Head (confirmed)"
-    view = browser.find_element("id", "head-view")
+    view = _example(browser, "repeated <tokens>")
     tokens = view.find_elements("css selector", ".tokens span.tok")
     assert len(tokens) == 12
     readout = view.find_element("css selector", ".readout")
@@ -228,9 +234,13 @@ def test_keyboard_jump_box_and_attention_view(browser, report, artifacts_dir):
     assert "weight 0.85" in browser.find_element("id", "tooltip").text
     first = view.find_element("css selector", '.attn-matrix rect.cell[data-i="0"][data-j="0"]')
     assert first.get_attribute("fill") != "#eeeeee"
-    browser.find_element("id", "hide-first").click()
+    toggle = browser.find_element("id", "hide-first")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", toggle)
+    toggle.click()
+    view = _example(browser, "repeated <tokens>")  # redrawn without the first-token column
     first = view.find_element("css selector", '.attn-matrix rect.cell[data-i="0"][data-j="0"]')
     assert first.get_attribute("fill") == "#eeeeee"
+    assert "@0" not in view.find_element("css selector", ".readout").text
     browser.save_screenshot(str(artifacts_dir / "report-head.png"))
     # jump-to-head box, back link, and role-map navigation
     box = browser.find_element("id", "jump-input")
@@ -293,3 +303,24 @@ def test_comparison_and_index_pages(browser, report):
     next(a for a in links if a.text == "other/small model").click()
     assert "other/small model" in browser.find_element("css selector", "header h1").text
     assert _console_errors(browser) == []
+
+
+def test_head_page_shows_attention_and_promoted_tokens_of_a_causal_top_head(browser, report):
+    from tests.browser.synthetic_atlas import IOI_PROMOTES, IOI_TOKENS
+
+    _open(browser, report["page"])
+    browser.get(report["page"].as_uri() + "#head/L3H4")
+    summary = browser.find_element("id", "head-summary").text
+    assert 'Attends most (names, final token " to"): " Mary"@2 0.8' in summary
+    assert "Promotes (logit lens of its OV output at the final token of names): " + ", ".join(
+        json.dumps(t) for t in IOI_PROMOTES) in summary
+    names = _example(browser, "names")
+    assert names.find_element("css selector", ".prompt").text.startswith("When Mary and John")  # the input as text
+    readout = names.find_element("css selector", ".readout")
+    assert readout.text.startswith(f"query {len(IOI_TOKENS) - 1} " + json.dumps(IOI_TOKENS[-1]))  # final query preselected
+    assert json.dumps(" Mary") + "@2 0.8" in readout.text.split("attends to:")[1].split(",")[0]
+    # a head in CHG's and the methods' top 20 that no run stored examples for says so, and why
+    browser.get(report["page"].as_uri() + "#head/L0H5")
+    missing = browser.find_element("id", "attn-missing").text
+    assert missing.startswith("This head is in the top 20 of ") and "chg · F [natural_text]" in missing
+    assert "Promoted tokens: not in this atlas" in browser.find_element("id", "head-summary").text

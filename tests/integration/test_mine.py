@@ -9,6 +9,7 @@ from headmine.atlas import Atlas
 from headmine.cli.main import app
 from headmine.pipeline import mine as mine_module
 from headmine.pipeline.mine import mine, plan
+from headmine.report.data import load_model_data
 
 
 @pytest.fixture()
@@ -18,7 +19,7 @@ def atlas_path(tmp_path):
 
 def test_mine_writes_every_applicable_stage_then_resumes(toy, atlas_path):
     first = mine(toy, atlas_path, budget="quick")
-    kinds = {"scan", "ablation", "patching", "attribution", "dla", "chg"}
+    kinds = {"scan", "ablation", "patching", "attribution", "dla", "chg", "attention"}
     with Atlas.open(atlas_path, create=False) as db:
         runs = db.runs(group_id=first.group_id)
     assert kinds <= set(runs.kind)
@@ -29,6 +30,13 @@ def test_mine_writes_every_applicable_stage_then_resumes(toy, atlas_path):
     tokens = examples["examples"][0]["tokens"]
     rows = examples["patterns"]["L1H0"][0]
     assert len(rows) == len(tokens) and all(abs(sum(r) - 1) < 1e-2 for r in rows)
+    # the last stage stores attention examples and promoted tokens for every head some method ranks top 20
+    with Atlas.open(atlas_path, create=False) as db:
+        views = db.artifact(first.run_ids["attention examples of every method's top heads"], "attn_examples")
+        tops = load_model_data(db, toy.name).page_json()["tops"]
+    assert tops and set(tops) <= set(views["patterns"])
+    assert all(len(toks) == 5 and all(isinstance(t, str) for t in toks) for lists in views["promotes"].values()
+               for toks in lists)
     second = mine(toy, atlas_path, budget="quick")
     assert second.run_ids == {} and len(second.skipped) == len(first.run_ids)
     with Atlas.open(atlas_path, create=False) as db:

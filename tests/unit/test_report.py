@@ -23,7 +23,7 @@ from headmine.report.meaning import meaning_for
 from headmine.report.render import SCRIPTS
 from headmine.report.runs import model_header
 from headmine.report.series import Series, method_agreement, ranks
-from tests.browser.synthetic_atlas import EVIL, build_synthetic_atlas, write_scan
+from tests.browser.synthetic_atlas import EVIL, IOI_PROMOTES, build_synthetic_atlas, write_scan
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_hostile_strings_never_reach_the_page_as_markup(pages):
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &#34;quoted&#34; &amp; &#39;single&#39;" in html
     data = html.split('<script type="application/json" id="hm-data">')[1].split("</script>")[0]
     page = json.loads(data)
-    assert page["attn"]["examples"][0]["text"] == EVIL
+    assert [e["text"] for e in page["attn"]["examples"] if e["name"] == "repeated <tokens>"] == [EVIL]
 
 
 def test_page_script_and_style_are_inline_and_inert():
@@ -115,7 +115,9 @@ def test_model_data_is_generic_over_methods(atlas):
     assert checks["induction"]["verdict"] == "confirmed" and checks["induction"]["margin_z"] == 18.3
     assert checks["previous_token"]["verdict"] == "failed" and "random draws" in checks["previous_token"]["rule"]
     assert {c["name"] for c in d.curves} >= {"G/loss", "G+/loss", "targeted ablation", "dla · logit (mlp)"}
-    assert d.attn["patterns"]["L2H1"][0][9][4] == 0.85
+    rep = [e["name"] for e in d.attn["examples"]].index("repeated <tokens>")
+    assert d.attn["patterns"]["L2H1"][rep][9][4] == 0.85
+    assert d.attn["promotes"]["L3H4"][1 - rep] == IOI_PROMOTES and d.attn["promotes"]["L3H4"][rep] is None
     assert any(r["component"] == "set" for r in d.other_scores)
     assert all(x in d.papers_by_type for x in ("Induction Head", "Previous Token Head"))
     assert d.chg[0]["converged"] is None and len(d.chg[0]["seeds"]) == 3  # F per seed (the synthetic run stores F only)
@@ -423,3 +425,15 @@ def test_chg_convergence_verdict_and_diagnostics(tmp_path):
     assert d.evidence["L0H3"]["evidence"][0]["status"] == "CHG fit not converged" and not d.roles
     html = build_report(path, tmp_path / "out").pages["m"].read_text(encoding="utf-8")
     assert "Not converged (seeds disagree: F correlation 0.27 &lt; 0.8)" in html
+
+
+def test_attention_artifact_carries_promoted_tokens():
+    from headmine.atlas.artifacts import make_attn_examples, parse_attn_examples
+
+    ex = [{"name": "a", "text": "x y", "tokens": ["x", " y"]}, {"name": "b", "text": "z", "tokens": ["z"]}]
+    art = make_attn_examples(ex, {"L0H1": [[[1.0, 0.0], [0.4, 0.6]], None]}, promotes={"L0H1": [[" y", 7], None]})
+    assert art["promotes"] == {"L0H1": [[" y", "7"], None]}
+    with pytest.raises(ValueError, match="one token list"):
+        make_attn_examples(ex, {}, promotes={"L0H1": [[" y"]]})
+    parsed, _ = parse_attn_examples({**art, "promotes": {**art["promotes"], "bad": [["q"]], "L1H0": [" y", None]}}, 2, 2)
+    assert parsed["promotes"] == {"L0H1": [[" y", "7"], None], "L1H0": [None, None]}

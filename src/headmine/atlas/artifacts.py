@@ -29,6 +29,8 @@ attn_examples (JSON, on a scan run; optional on any run):
     positions, each row the weights over key positions; lower-triangular rows may be cut at the
     diagonal), or null when not stored. Keep it small: a few short prompts (<= 48 tokens) and the
     heads worth showing (e.g. the top 3 of each detector). Build it with make_attn_examples().
+    Optional "promotes": {"L1H2": [[token, ...] or null per example]}: the tokens the head's output
+    at the example's final position promotes most (logit lens of its OV output), best first.
 causal (JSON, scan): {detector: {detector, metric, heads, k, clean, topk_effect, random_effects,
     random_mean, random_std, confirmed, expected_sign}}  -> the causal confirmation table.
 curve/<stage>/<name> or curve/<name> (npy, 1-D [steps] or 2-D [steps, seeds]) -> line charts.
@@ -59,7 +61,8 @@ def finite(x: Any, digits: int = 4) -> float | None:
 
 # --------------------------------------------------------------------------- attention examples
 def make_attn_examples(
-    examples: list[Mapping[str, Any]], patterns: Mapping[str, list[Any]], *, digits: int = 3
+    examples: list[Mapping[str, Any]], patterns: Mapping[str, list[Any]], *, digits: int = 3,
+    promotes: Mapping[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
     """Build an ``attn_examples`` artifact (see ``ARTIFACT_CONVENTIONS``) from plain data.
 
@@ -67,6 +70,7 @@ def make_attn_examples(
     ``patterns``: ``{"L1H2": [matrix_or_None per example]}`` with each matrix an [n_q, n_k] array-like
     (numpy or nested lists; convert torch tensors with ``.numpy()`` first). Values are rounded to
     ``digits`` decimals so the artifact stays small; rows are cut at the causal diagonal.
+    ``promotes``: ``{"L1H2": [[token str, ...] or None per example]}`` (optional).
     """
     out_ex = [{"name": str(e.get("name", f"example {i}")), "text": None if e.get("text") is None else str(e["text"]),
                "tokens": [str(t) for t in e.get("tokens", [])]} for i, e in enumerate(examples)]
@@ -87,7 +91,27 @@ def make_attn_examples(
             cleaned.append([[round(float(w), digits) for w in row[: min(len(row), q + 1 + (arr.shape[1] - arr.shape[0]))]]
                             for q, row in enumerate(arr)])
         out_pat[hid] = cleaned
-    return {"examples": out_ex, "patterns": out_pat}
+    out: dict[str, Any] = {"examples": out_ex, "patterns": out_pat}
+    if promotes:
+        for hid, toks in promotes.items():
+            if _HEAD_RE.match(hid) is None or len(toks) != len(out_ex):
+                raise ValueError(f"promotes[{hid!r}] needs a head id key and one token list (or None) per example")
+        out["promotes"] = {hid: [None if t is None else [str(x) for x in t] for t in toks] for hid, toks in promotes.items()}
+    return out
+
+
+def _parse_promotes(raw: Any, n_examples: int) -> dict[str, list[Any]]:
+    """The optional ``promotes`` part of an ``attn_examples`` artifact (malformed entries dropped)."""
+    out: dict[str, list[Any]] = {}
+    if not isinstance(raw, Mapping):
+        return out
+    for hid, lists in raw.items():
+        m = _HEAD_RE.match(str(hid))
+        if m is None or not isinstance(lists, list):
+            continue
+        out[f"L{int(m.group(1))}H{int(m.group(2))}"] = [
+            [str(t) for t in toks[:20]] if isinstance(toks, list) else None for toks in lists[:n_examples]]
+    return out
 
 
 def parse_attn_examples(value: Any, n_layers: int, n_heads: int) -> tuple[dict[str, Any], list[str]]:
@@ -128,7 +152,7 @@ def parse_attn_examples(value: Any, n_layers: int, n_heads: int) -> tuple[dict[s
                     continue
                 cleaned.append(arr)
             patterns[f"L{int(m.group(1))}H{int(m.group(2))}"] = cleaned
-    return {"examples": examples, "patterns": patterns}, notes
+    return {"examples": examples, "patterns": patterns, "promotes": _parse_promotes(value.get("promotes"), len(examples))}, notes
 
 
 # --------------------------------------------------------------------------- causal checks (scan)

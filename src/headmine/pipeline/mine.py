@@ -22,6 +22,7 @@ from headmine.causal.head_gating import CHGConfig, task_data
 from headmine.causal.methods import get_method
 from headmine.core.errors import InputError, TaskError
 from headmine.models.loading import LoadedModel
+from headmine.pipeline.attention_examples import method_top_views
 from headmine.pipeline.causal import run_causal
 from headmine.pipeline.factual import FactualConfig, run_factual
 from headmine.pipeline.gating import gate_model
@@ -125,6 +126,13 @@ def _factual(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: St
     return write_job(report, atlas, group_id=gid)
 
 
+def _attention(lm: LoadedModel, budget: Budget, atlas: str, gid: str, progress: StageProgress) -> int:
+    progress("attention examples", 0, 1)
+    views = method_top_views(lm, atlas, gid)
+    progress("attention examples", 1, 1)
+    return write_job(views, atlas, group_id=gid)
+
+
 def toolkit_task(lm: LoadedModel) -> str:
     """IOI where the tokenizer has single-token names; else in-context repetition (e.g. toy vocabularies)."""
     try:
@@ -151,6 +159,7 @@ def stages_for(lm: LoadedModel, budget: Budget) -> list[Stage]:
     chg_tasks = dict.fromkeys(t if t != "ioi" else task for t in budget.chg_tasks)
     out += [Stage(f"causal head gating ({t})", "chg", t, 3 * 20 * 3 * budget.chg_seeds, _chg(t)) for t in chg_tasks]
     out.append(Stage("factual recall", "factual", None, 60 + 2 * heads / 8, _factual))
+    out.append(Stage("attention examples of every method's top heads", "attention", None, 4, _attention))
     return out
 
 

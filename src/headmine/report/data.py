@@ -19,7 +19,14 @@ from headmine.report.chg import CHG_DEFINITIONS, chg_runs
 from headmine.report.evidence import head_evidence, role_map
 from headmine.report.labels import head_labels, head_type_sections, papers_by_type
 from headmine.report.runs import model_geometry, model_header, require_model, run_rows
-from headmine.report.series import Series, other_scores, primary_series, scale_groups, series_from, top_heads
+from headmine.report.series import (
+    Series,
+    method_top_heads,
+    other_scores,
+    primary_series,
+    scale_groups,
+    series_from,
+)
 from headmine.report.tasks import task_panels
 from headmine.report.views import attention_examples, causal_checks, curves, layer_profiles
 
@@ -83,11 +90,7 @@ class ModelData:
 
     def page_json(self) -> dict[str, Any]:
         """What the page's script reads (every string in it is data, never markup)."""
-        tops: dict[str, list[str]] = {}
-        for s in primary_series(self.series):
-            if s.kind != "scan":
-                for layer, head, _ in top_heads(s, TOP_FOR_ATTENTION):
-                    tops.setdefault(f"L{layer}H{head}", []).append(s.label)
+        tops = method_top_heads(self.series, TOP_FOR_ATTENTION)
         return {
             "model": self.model,
             "n_layers": self.n_layers,

@@ -296,6 +296,18 @@ def primary_series(series: list[Series]) -> list[Series]:
     return [s for s in series if best.get(s.group) is s]
 
 
+def method_top_heads(series: list[Series], k: int) -> dict[str, list[str]]:
+    """Head id -> the labels of the methods that put it in their top ``k``, over the primary series of
+    every kind but ``scan`` (the scan stores its detectors' top heads itself): the heads whose
+    attention the page should be able to show (``mine`` stores examples for exactly these)."""
+    tops: dict[str, list[str]] = {}
+    for s in primary_series(series):
+        if s.kind != "scan":
+            for layer, head, _ in top_heads(s, k):
+                tops.setdefault(head_id(layer, head), []).append(s.label)
+    return tops
+
+
 def rank_agreement(series: list[Series], *, min_heads: int = 5) -> dict[str, Any]:
     """Spearman rank correlation over heads between every pair of series (NaN where < min_heads)."""
     if not series:

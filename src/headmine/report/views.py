@@ -100,10 +100,11 @@ def layer_profiles(scores: pd.DataFrame) -> list[dict[str, Any]]:
 
 def attention_examples(atlas: Atlas, runs: pd.DataFrame, n_l: int, n_h: int) -> tuple[dict[str, Any], list[str]]:
     """The attention examples of every run that stored them, merged (newest first: an example prompt
-    stored twice keeps the newest run's patterns), and any warnings about them."""
+    stored twice keeps the newest run's patterns and promoted tokens), and any warnings about them."""
     examples: list[dict[str, Any]] = []
     index: dict[tuple[Any, ...], int] = {}
     per_head: dict[str, dict[int, Any]] = {}
+    promoted: dict[str, dict[int, Any]] = {}
     notes: list[str] = []
     newest = None
     for run_id in sorted(runs["id"], reverse=True):
@@ -124,7 +125,11 @@ def attention_examples(atlas: Atlas, runs: pd.DataFrame, n_l: int, n_h: int) -> 
                 slots = per_head.setdefault(hid, {})
                 if e_idx < len(mats) and mats[e_idx] is not None:
                     slots.setdefault(slot, mats[e_idx])
+            for hid, lists in data.get("promotes", {}).items():
+                if e_idx < len(lists) and lists[e_idx] is not None:
+                    promoted.setdefault(hid, {}).setdefault(slot, lists[e_idx])
     if newest is None:
         return {}, notes
     patterns = {hid: [slots.get(i) for i in range(len(examples))] for hid, slots in per_head.items()}
-    return {"examples": examples, "patterns": patterns, "run": newest}, notes
+    promotes = {hid: [slots.get(i) for i in range(len(examples))] for hid, slots in promoted.items()}
+    return {"examples": examples, "patterns": patterns, "promotes": promotes, "run": newest}, notes

@@ -101,9 +101,18 @@
         ul.appendChild(el("li", null, "Attends most (" + ex.name + ", final token " + JSON.stringify(ex.tokens[mat.length - 1]) + "): " + topKeys(ex, mat, mat.length - 1, 3)));
       }
     });
-    var toks = D.head_tokens && D.head_tokens[hid];
-    ul.appendChild(el("li", { "class": "muted" }, toks ? "Promotes (logit lens of its OV output): " + toks.promotes.join(", ") :
-      "Promoted tokens: not in this atlas (no run stored a logit lens of head outputs)."));
+    var prom = D.attn && D.attn.promotes ? D.attn.promotes[hid] : null, anyProm = false;
+    (prom || []).forEach(function (toks, e) {
+      var ex = D.attn.examples[e];
+      if (toks && ex) {
+        anyProm = true;
+        ul.appendChild(el("li", { "class": "promotes" }, "Promotes (logit lens of its OV output at the final token of " + ex.name + "): " +
+          toks.map(function (t) { return JSON.stringify(t); }).join(", ")));
+      }
+    });
+    if (!anyProm) {
+      ul.appendChild(el("li", { "class": "muted promotes" }, "Promoted tokens: not in this atlas for this head (no run stored the logit lens of its output)."));
+    }
     box.appendChild(ul);
     view.appendChild(box);
   }
@@ -157,7 +166,7 @@
       var tops = (D.tops || {})[hid];
       var n = D.attn && D.attn.patterns ? Object.keys(D.attn.patterns).length : 0;
       view.appendChild(el("p", { "class": "muted", id: "attn-missing" }, (tops ? "This head is in the top 20 of " + tops.join(", ") + ", but " : "") +
-        (D.attn && D.attn.examples ? "the atlas stores attention examples for " + n + " heads only (the scan's top heads), not this one." :
+        (D.attn && D.attn.examples ? "the atlas stores attention examples for " + n + " other heads, not this one (`headmine mine` stores every head in any method's top 20; an older or partial atlas holds the scan's top heads only)." :
           "this atlas holds no attention examples (artifact attn_examples).")));
     }
   }
