@@ -30,6 +30,7 @@ from headmine.causal.head_gating import (
     targeted_ablation,
     token_data,
 )
+from headmine.causal.head_gating import convergence as hg_conv
 from headmine.causal.head_gating import fit as hg_fit
 from headmine.causal.interventions import Gate
 from headmine.core.errors import InputError
@@ -260,3 +261,32 @@ def test_gate_report_written_by_write_job(tmp_path, lm, data):
         names = db.artifact_names(run_id)
         assert {"G", "G_plus", "G_minus", "F", "N", "I", "labels", "curve/G/nll", "targeted_ablation"} <= set(names)
         assert db.artifact(run_id, "F").shape == (2, 3, 4)
+        conv = db.artifact(run_id, "convergence")
+        assert conv["verdict"] == "not converged" and set(conv["stages"]) == {"G", "G+", "G-"}
+        assert len(db.labels(run_id=run_id)) == 0  # a 3-update fit is not converged: its labels are no findings
+
+
+def test_only_a_converged_fit_writes_labels(lm, data):
+    """The same gates written twice: with a failed verdict no LabelRow, with a passed one a label per head
+    (facilitating / interfering / irrelevant as set up), ordered scores behind them."""
+    from headmine.causal.head_gating.convergence import assess
+    from headmine.pipeline.gating import GateReport, head_labels
+
+    gp = torch.tensor([[0.9, 0.1, 0.9, 0.8], [0.95, 0.2, 0.9, 0.9], [0.9, 0.9, 0.9, 0.9]]).expand(2, 3, 4).clone()
+    gm = torch.tensor([[0.9, 0.1, 0.1, 0.7], [0.05, 0.1, 0.1, 0.9], [0.1, 0.1, 0.1, 0.1]]).expand(2, 3, 4).clone()
+    res = hg.CHGResult(G=gp, G_plus=gp, G_minus=gm, config=TINY)
+    for converged in (False, True):
+        reasons = [] if converged else ["stage G: loss still moving"]
+        conv = assess({}, res.seed_agreement(), complete=True, tol=0.01, min_f_r=0.5, min_label_agreement=0.7)
+        res.convergence = hg_conv.Convergence(converged=converged, stages={}, agreement=conv.agreement, tol=0.01,
+                                              min_f_r=0.5, min_label_agreement=0.7, reasons=reasons)
+        run = GateReport(model="tiny", model_info={}, task="t", data=data, result=res).to_atlas()
+        assert run.artifacts["summary"]["converged"] is converged
+        labels = {(r.layer, r.head): r.head_type for r in run.labels}
+        if not converged:
+            assert labels == {}
+            continue
+        assert labels[(0, 0)] == labels[(0, 3)] == labels[(1, 3)] == "facilitating"
+        assert labels[(0, 1)] == labels[(1, 1)] == "interfering"
+        assert labels[(0, 2)] == labels[(1, 0)] == "irrelevant"
+        assert len(labels) == 12 and len(head_labels(res)) == 12

@@ -18,10 +18,10 @@ from headmine.causal.contrastive_gating import (
     load_pair_files,
     split_pair_rows,
 )
-from headmine.causal.head_gating import LABELS, CHGConfig, load_data_file, task_data
+from headmine.causal.head_gating import LABELS, CHGConfig, CHGResult, load_data_file, task_data
 from headmine.cli.common import console, friendly_errors, load_with_status
 from headmine.core.errors import InputError
-from headmine.pipeline.gating import contrast_model, gate_model
+from headmine.pipeline.gating import contrast_model, gate_model, head_labels
 
 
 @contextmanager
@@ -52,6 +52,44 @@ def _updates(text: str | None) -> tuple[int, int, int] | None:
     if len(vals) != 3:
         raise InputError(f"--updates takes 1 or 3 numbers, got {len(vals)}", "e.g. --updates 500,500,500")
     return (vals[0], vals[1], vals[2])
+
+
+#: heads listed per label; the rest are counted
+MAX_LISTED = 24
+
+
+def print_convergence(res: CHGResult) -> None:
+    """The verdict, with the relative objective change and gradient norm of each stage; a fit that has
+    not converged is flagged and its labels called evidence."""
+    conv = res.convergence
+    if conv is None:
+        console.print("[yellow]convergence not assessed: the labels below are evidence, not findings[/]")
+        return
+    stages = ", ".join(f"{name} rel. change {d.worst_rel_change:.3g} grad {d.to_dict()['grad_norm']:.2g}"
+                       for name, d in conv.stages.items())
+    if conv.converged:
+        console.print(f"[green]converged[/] ({stages})")
+    else:
+        console.print(f"[bold yellow]NOT CONVERGED[/]: {'; '.join(conv.reasons)} ({stages})")
+        console.print("[yellow]the labels below are evidence, not findings; none is written to the atlas "
+                      "(try --preset standard or more --updates)[/]")
+
+
+def print_heads(res: CHGResult) -> None:
+    """The heads of each label, highest score first (score = F, N or I averaged over seeds)."""
+    k = res.G.shape[0]
+    by_label: dict[str, list[tuple[float, str]]] = {}
+    for layer, head, lab, value, c in head_labels(res):
+        by_label.setdefault(lab, []).append((value, f"L{layer}H{head} {value:.2f}" + ("" if c == k else f" ({c}/{k})")))
+    score = {"facilitating": "F", "interfering": "N", "irrelevant": "I", "inconsistent": "F"}
+    for lab in LABELS[:4]:
+        heads = sorted(by_label.get(lab, []), key=lambda t: -t[0])
+        if not heads:
+            console.print(f"{lab}: none")
+            continue
+        more = f" ... and {len(heads) - MAX_LISTED} more" if len(heads) > MAX_LISTED else ""
+        console.print(f"{lab} ({len(heads)}, by {score[lab]}; (c/{k}) = labelled so in c of {k} seeds): "
+                      + ", ".join(t[1] for t in heads[:MAX_LISTED]) + more)
 
 
 def register(app: typer.Typer) -> None:
@@ -108,6 +146,8 @@ def register(app: typer.Typer) -> None:
         if res.G.shape[0] > 1:
             agr = res.seed_agreement()
             console.print("seed agreement: " + ", ".join(f"{k} {v:.2f}" for k, v in agr.items()))
+        print_convergence(res)
+        print_heads(res)
         if report.ablation:
             console.print(f"targeted ablation (delta log-prob, top-k := 0 vs 1), k = {list(report.ks)}")
             for k, v in report.ablation.items():

@@ -71,7 +71,10 @@ class GateReport(JobResult):
         artifacts: dict[str, Any] = chg_artifacts(scores, res.label_codes().numpy(), LABELS)
         artifacts.update(curve_artifacts(res.curves))
         artifacts["summary"] = {"shares": res.shares(), "seed_agreement": res.seed_agreement(), "status": res.status,
-                                "message": res.message, "updates_done": res.updates_done, "fit_s": res.duration_s}
+                                "message": res.message, "updates_done": res.updates_done, "fit_s": res.duration_s,
+                                "converged": res.converged}
+        if res.convergence is not None:
+            artifacts["convergence"] = res.convergence.to_dict()
         if self.ablation:
             artifacts["targeted_ablation"] = make_targeted_ablation(self.ks, self.ablation)
         if self.agreement is not None:
@@ -82,7 +85,9 @@ class GateReport(JobResult):
                            params={**res.config.to_dict(), "data": self.data.source, "rows": len(self.data)},
                            seeds=res.seeds, started_at=self.started_at, duration_s=self.duration_s,
                            status=res.status, group_id=group_id, notes=res.message)
-        return AtlasRun(record=record, scores=chg_score_rows(res), labels=chg_label_rows(res),
+        # labels are findings only for a converged fit; otherwise the per-seed ``labels`` artifact and the
+        # ``convergence`` verdict keep them as evidence, and no LabelRow is written
+        return AtlasRun(record=record, scores=chg_score_rows(res), labels=chg_label_rows(res) if res.converged else [],
                         inputs=gating_input_rows(self.data, "train"), artifacts=artifacts)
 
 
@@ -147,10 +152,11 @@ def chg_score_rows(res: CHGResult, method: str = "chg") -> list[ScoreRow]:
     return rows
 
 
-def chg_label_rows(res: CHGResult, method: str = "chg") -> list[LabelRow]:
-    """One label per head: its most frequent per-seed label, noted with the seed count (always / any)."""
+def head_labels(res: CHGResult) -> list[tuple[int, int, str, float, int]]:
+    """(layer, head, label, score, seeds with that label) per labelled head: its most frequent per-seed
+    label (ties: the first in :data:`LABELS`) and that label's score (F, N, I; F for "inconsistent")
+    averaged over seeds. Unclassified heads are left out."""
     codes = res.label_codes()
-    k = codes.shape[0]
     scores = {0: res.F, 1: res.N, 2: res.I, 3: res.F}
     out = []
     for layer in range(codes.shape[1]):
@@ -159,12 +165,17 @@ def chg_label_rows(res: CHGResult, method: str = "chg") -> list[LabelRow]:
             best = int(counts.argmax())
             if best == 4:
                 continue
-            c = int(counts[best])
-            agg = "always" if c == k else "any"
-            value = float(scores[best][:, layer, head].mean())
-            out.append(LabelRow(layer=layer, head=head, head_type=LABELS[best], method=method, value=value,
-                                threshold=res.config.threshold, note=f"{agg}: {c}/{k} seeds"))
+            out.append((layer, head, LABELS[best], float(scores[best][:, layer, head].mean()), int(counts[best])))
     return out
+
+
+def chg_label_rows(res: CHGResult, method: str = "chg") -> list[LabelRow]:
+    """One label per head (:func:`head_labels`), noted with the seed count (always / any). Written only
+    for a converged fit (see :meth:`GateReport.to_atlas`)."""
+    k = res.label_codes().shape[0]
+    return [LabelRow(layer=layer, head=head, head_type=lab, method=method, value=value, threshold=res.config.threshold,
+                     note=f"{'always' if c == k else 'any'}: {c}/{k} seeds")
+            for layer, head, lab, value, c in head_labels(res)]
 
 
 def gating_input_rows(data: GatingData, role: str) -> list[InputRow]:

@@ -1,0 +1,103 @@
+"""Which CPU CHG configuration converges on SmolLM2 IOI? (issue 10 section 5)
+
+Fits CHG on the data ``headmine gate smollm2 --task ioi`` uses (built-in IOI prompts, seed 0; the loss
+is on the answer token only: one target token per row, see ``GatingData.loss_mask``) under several
+configurations, one model load, and records per configuration: the convergence verdict and its
+reasons, relative objective change per stage (worst seed), mean pre-clip gradient norm over each
+stage's last 10%, F/N/I shares (pooled seeds and "always"), seed agreement (F Pearson r, label
+agreement), the label agreement with the reference fit (``bench_chg_reference.py``: mean over seed
+pairs config x reference), wall time and process CPU time. Under load, CPU time (one thread) is the
+closer estimate of the wall time on an otherwise idle machine.
+
+One JSON line per configuration is appended to ``--out`` (default bench/results/chg_convergence.jsonl).
+
+Usage: python bench/bench_chg_convergence.py [--configs quick,q_full16,...] [--ref /work/cmp/chg_ref.safetensors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headmine.causal.head_gating import CHGConfig, fit_chg, label_codes, task_data
+from headmine.models.loading import load_model
+
+#: name -> (n prompts, CHGConfig overrides on the named preset). Keep the grid small: each fit costs minutes.
+CONFIGS: dict[str, tuple[int, str, dict[str, Any]]] = {
+    # the old default: 3 x 20 updates, batch 8, lr 0.5 -> 0.1, 2 seeds
+    "old_quick": (64, "paper", dict(updates=(20, 20, 20), lrs=((0.5, 0.1),) * 3, batch_size=8, micro_batch=16,
+                                    seeds=2, eval_rows=16)),
+    # full batch on a small prompt set: no mini-batch noise, so Adam's per-head steps follow the sign of the
+    # (tiny) regulariser wherever the data gradient is ~0, and gates saturate in ~4 / lr updates
+    "full16_g05": (16, "paper", dict(updates=(20, 30, 30), lrs=((0.5, 0.05), (1.0, 0.1), (1.0, 0.1)), batch_size=16,
+                                     micro_batch=32, seeds=2, eval_rows=16)),
+    "full16_g01": (16, "paper", dict(updates=(20, 30, 30), lrs=((0.1, 0.01), (1.0, 0.1), (1.0, 0.1)), batch_size=16,
+                                     micro_batch=32, seeds=2, eval_rows=16)),
+}
+
+
+def ref_agreement(g_plus: torch.Tensor, g_minus: torch.Tensor, ref: dict[str, torch.Tensor] | None,
+                  threshold: float) -> float:
+    """Mean share of heads with the same label, over all (seed, reference seed) pairs."""
+    if ref is None:
+        return float("nan")
+    a = label_codes(g_plus, g_minus, threshold).flatten(1)
+    b = label_codes(ref["G_plus"], ref["G_minus"], threshold).flatten(1)
+    return float(np.mean([float((x == y).float().mean()) for x in a for y in b]))
+
+
+def run(lm: Any, name: str, ref: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    n, preset, over = CONFIGS[name]
+    data, _ = task_data(lm, "ioi", n=n, seed=0)
+    cfg = CHGConfig.preset_for(preset, **over)
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = fit_chg(lm, data, cfg)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    conv = res.convergence.to_dict() if res.convergence else {}
+    shares = res.shares()
+    return {
+        "config": name, "n": n, "updates": cfg.updates, "lrs": cfg.lrs, "batch": cfg.batch_size, "seeds": cfg.seeds,
+        "verdict": conv.get("verdict"), "reasons": conv.get("reasons"),
+        "rel_change": {s: d["rel_change"] for s, d in conv.get("stages", {}).items()},
+        "grad_norm_last": {s: d["grad_norm"] for s, d in conv.get("stages", {}).items()},
+        "grad_norm_first": {s: d["grad_norm_first"] for s, d in conv.get("stages", {}).items()},
+        "gate_flips": {s: d["gate_flips"] for s, d in conv.get("stages", {}).items()},
+        "shares": {k: shares[k] for k in ("facilitating", "interfering", "irrelevant", "inconsistent", "unclassified",
+                                          "F_always", "N_always", "I_always")},
+        "F_pearson": conv.get("F_pearson"), "label_agreement": conv.get("label_agreement"),
+        "ref_label_agreement": ref_agreement(res.G_plus, res.G_minus, ref, cfg.threshold),
+        "wall_s": wall, "cpu_s": cpu, "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--ref", default="/work/cmp/chg_ref.safetensors")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "chg_convergence.jsonl"))
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    ref = None
+    if Path(args.ref).is_file():
+        from safetensors.torch import load_file
+
+        ref = load_file(args.ref)
+    lm = load_model("smollm2")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name in args.configs.split(","):
+        row = run(lm, name, ref)
+        with out.open("a") as fh:
+            fh.write(json.dumps(row, default=float) + "\n")
+        print(json.dumps(row, default=float), flush=True)
+
+
+if __name__ == "__main__":
+    main()
