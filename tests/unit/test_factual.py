@@ -14,6 +14,8 @@ The toy (d_model 32, 4 heads of 8, vocabulary 24, no tokenizer):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,7 @@ from headmine.causal.factual_recall import (
     answer_scores,
     answer_trajectory,
     argument_passing_heads,
+    check_heads,
     choose_mitigation,
     decompose_mlp,
     evaluate_mitigation,
@@ -31,6 +34,7 @@ from headmine.causal.factual_recall import (
     mitigated,
     split_facts,
     split_relation_facts,
+    subject_swaps,
 )
 from headmine.core.errors import TaskError
 from headmine.core.ids import HeadId
@@ -163,6 +167,27 @@ def test_argument_passing_finds_planted_mover(toy: LoadedModel, facts: TokenBatc
     screened = argument_passing_heads(toy, facts, top_k=1, n_random=1, max_senders=2, max_pairs=10)
     assert screened.ranked[0] == HeadId(0, 0) and int(torch.isnan(screened.path_effect).sum()) == 6
     assert screened.n == 10 and screened.check["swept"] == 2
+
+
+def test_check_heads_on_other_prompts_finds_the_mover_and_matches_the_inline_check(toy: LoadedModel) -> None:
+    """Rank on one set of prompts, check on another: the planted mover carries the whole swap effect on
+    prompts it was not chosen on, a random filler head none; on the ranking prompts themselves
+    check_heads reproduces argument_passing_heads' own check exactly."""
+    pairs = subject_swaps(toy_facts(seed=2), seed=1)
+    clean = replace(pairs.clean, meta=pairs.clean.meta | {"wrong_id": pairs.partner_target})
+    res = argument_passing_heads(toy, clean, corrupted=pairs.corrupted, top_k=1, n_random=3, max_senders=None,
+                                 max_pairs=None)
+    same = check_heads(toy, clean, pairs.corrupted, res.top(1), n_random=3)
+    for key in ("top_k_effect", "random_k_effect_mean", "top_minus_random", "top_minus_random_ci"):
+        assert same[key] == pytest.approx(res.check[key], abs=1e-6)
+    other = subject_swaps(toy_facts(seed=5, n_fill=2), seed=3)
+    held = replace(other.clean, meta=other.clean.meta | {"wrong_id": other.partner_target})
+    mover = check_heads(toy, held, other.corrupted, [HeadId(0, 0)], n_random=3)
+    assert mover["top_k_effect"] > 0.9 and mover["top_minus_random_ci"][0] > 0.5
+    filler = check_heads(toy, held, other.corrupted, [HeadId(0, 2)], n_random=3)
+    assert abs(filler["top_k_effect"]) < 0.05 and filler["top_minus_random_ci"][1] < 0.1
+    with pytest.raises(TaskError, match="wrong_id"):
+        check_heads(toy, other.clean, other.corrupted, [HeadId(0, 0)])
 
 
 def test_mlp_decomposition_finds_amplification_and_intercept(toy: LoadedModel, facts: TokenBatch) -> None:

@@ -1,7 +1,8 @@
 """Factual recall mechanisms (issue 6; METHODS.md §2).
 
 - :func:`answer_trajectory`: logit-lens answer probability/rank after every layer, last-layer drop share.
-- :func:`argument_passing_heads`: path patching with subject swaps, attention to the subject, decoded head output.
+- :func:`argument_passing_heads`: path patching with subject swaps, attention to the subject, decoded head output;
+  :func:`check_heads`: its causal check of given heads on other prompts.
 - :func:`decompose_mlp` / :func:`mlp_layer_scan`: MLP output = beta-weighted head outputs + relation intercept.
 - :func:`final_layer_suppression`: final-layer attention to the first token, direct effects, frequency correlation.
 - :func:`choose_mitigation` / :class:`Mitigation` / :func:`mitigated`: an inference-time fix, chosen on a
@@ -15,6 +16,7 @@ from headmine.causal.factual_recall.argument_passing import (
     ArgumentPassing,
     SwapPairs,
     argument_passing_heads,
+    check_heads,
     subject_swaps,
 )
 from headmine.causal.factual_recall.common import bootstrap_ci
@@ -61,6 +63,7 @@ __all__ = [
     "argument_passing_heads",
     "bootstrap_ci",
     "candidate_mitigations",
+    "check_heads",
     "choose_mitigation",
     "corpus_loss",
     "decompose_mlp",

@@ -25,6 +25,8 @@ subsamples the prompt pairs.
 Causal check: the top-k heads patched together from the corrupted run (total effect at the
 prediction position, all paths) versus k random other heads (mean over draws), with a paired
 bootstrap 95% CI over prompts of the difference (top minus the random draws' mean, per prompt).
+It reuses the prompts that ranked the heads; :func:`check_heads` runs the same check on other
+prompts (rank on one half, check on the other: no selection bias in the check).
 """
 
 from __future__ import annotations
@@ -238,6 +240,22 @@ def argument_passing_heads(
     order = torch.nan_to_num(path, nan=-float("inf")).flatten().argsort(descending=True)
     ranked = [HeadId(int(i) // H, int(i) % H) for i in order if not torch.isnan(path.flatten()[i])]
 
+    k = min(top_k, len(ranked))
+    top = ranked[:k]
+    check = _set_check(lm, clean, other, z_r, ld_c, denom, top, n_random=n_random, seed=seed) | screen
+    check["top_k_path_sum"] = float(sum(path[h.layer, h.head] for h in top))
+    return ArgumentPassing(path, attn, dec, chance, ranked, check, float(ld_c.mean()), float(ld_r.mean()), len(clean))
+
+
+def _set_check(lm: LoadedModel, clean: TokenBatch, other: torch.Tensor, z_r: dict[int, torch.Tensor], ld_c: torch.Tensor,
+               denom: float, top: list[HeadId], *, n_random: int, seed: int) -> dict[str, Any]:
+    """``heads`` patched together from the corrupted run (``z_r[layer]`` [B, H, d] at ``end_pos``, all paths)
+    versus ``n_random`` draws of as many other heads: per-prompt effects as shares of the mean swap effect
+    ``denom``, and a paired bootstrap 95% CI of top minus the random draws' mean."""
+    g = lm.geometry
+    end, tgt = clean.meta["end_pos"], clean.meta["target_id"]
+    width = clean.input_ids.shape[1]
+
     def total_effect(heads: list[HeadId]) -> torch.Tensor:
         """Per prompt [B]: the share of the mean swap effect that patching ``heads`` carries."""
         src = {layer: _full_len(z_r[layer], end, width) for layer in {h.layer for h in heads}}
@@ -245,16 +263,39 @@ def argument_passing_heads(
                                         [PatchFrom(heads=tuple(heads), positions=end, source=src)])
         return (_logit_diff(logits, end, tgt, other) - ld_c).float().cpu() / denom
 
-    k = min(top_k, len(ranked))
-    top = ranked[:k]
+    k = len(top)
     rng = random.Random(seed)
-    rest = [HeadId(m, h) for m in range(L) for h in range(H) if HeadId(m, h) not in top]
+    rest = [HeadId(m, h) for m in range(g.n_layers) for h in range(g.n_heads) if HeadId(m, h) not in top]
     top_eff = total_effect(top)
     rand = [total_effect(rng.sample(rest, k)) for _ in range(n_random)] if len(rest) >= k else []
     rand_mean = torch.stack(rand).mean(0) if rand else torch.full_like(top_eff, float("nan"))
     diff = bootstrap_ci(top_eff - rand_mean, seed=seed)
-    check = {"k": k, "top_heads": [str(h) for h in top], "top_k_effect": float(top_eff.mean()),
-             "random_k_effect_mean": float(rand_mean.mean()), "random_k_effects": [float(r.mean()) for r in rand],
-             "top_minus_random": diff[0], "top_minus_random_ci": [diff[1], diff[2]],
-             "top_k_path_sum": float(sum(path[h.layer, h.head] for h in top)), **screen}
-    return ArgumentPassing(path, attn, dec, chance, ranked, check, float(ld_c.mean()), float(ld_r.mean()), len(clean))
+    return {"k": k, "top_heads": [str(h) for h in top], "top_k_effect": float(top_eff.mean()),
+            "random_k_effect_mean": float(rand_mean.mean()), "random_k_effects": [float(r.mean()) for r in rand],
+            "top_minus_random": diff[0], "top_minus_random_ci": [diff[1], diff[2]], "n": len(clean)}
+
+
+def check_heads(lm: LoadedModel, clean: TokenBatch, corrupted: TokenBatch, heads: list[HeadId], *, n_random: int = 5,
+                seed: int = 0) -> dict[str, Any]:
+    """The causal check of :func:`argument_passing_heads` for given ``heads`` on other prompt pairs (e.g.
+    heads ranked on one half of the prompts, checked on the other half, so the check does not reuse the
+    prompts that chose them). ``clean``/``corrupted`` as in :func:`argument_passing_heads` (``wrong_id``
+    in the clean meta). Returns the check dict (effects as shares of these pairs' mean swap effect)."""
+    check_fact_batch(clean)
+    if corrupted.input_ids.shape != clean.input_ids.shape or "wrong_id" not in clean.meta:
+        raise TaskError("the corrupted batch must match the clean batch in shape, and the clean meta needs wrong_id",
+                        "use PromptSet.clean_batch()/corrupted_batch() of an equal-length factual task")
+    if not heads:
+        raise TaskError("no heads to check", "give at least one head")
+    end, tgt, other = clean.meta["end_pos"], clean.meta["target_id"], clean.meta["wrong_id"]
+    spec = CaptureSpec(sites=frozenset({Site.Z}), query_positions=end)
+    rec_r = run_capture(lm, spec, corrupted.input_ids, corrupted.attention_mask)
+    with torch.no_grad():
+        logits_c = lm.forward(clean.input_ids, clean.attention_mask)
+    assert rec_r.logits is not None
+    ld_c = _logit_diff(logits_c, end, tgt, other)
+    denom = float((_logit_diff(rec_r.logits, end, tgt, other) - ld_c).mean())
+    if abs(denom) < 1e-6:
+        raise TaskError("swapping subjects does not change the answer logit difference", "check the facts")
+    z_r = {layer: rec_r.z[layer][:, 0] for layer in range(lm.geometry.n_layers)}
+    return _set_check(lm, clean, other, z_r, ld_c, denom, list(heads), n_random=n_random, seed=seed)
