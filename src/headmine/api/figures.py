@@ -11,6 +11,7 @@ to most. Every token string is HTML-escaped.
 from __future__ import annotations
 
 import html
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,10 +43,13 @@ def heatmap(matrix: np.ndarray, meaning: Meaning, *, title: str) -> go.Figure:
         colorbar={"title": {"text": f"importance{unit}<br>data min {lo:.3g}, max {hi:.3g}", "side": "right"},
                   "ticks": "outside"},
     ))
+    width = max(520, 34 * values.shape[1] + 260)
+    lines = textwrap.wrap(f"{meaning.quantity}: {meaning.importance}", width=max(40, width // 7))
+    subtitle = "<br>".join(f"<sup>{html.escape(line)}</sup>" for line in lines)
     fig.update_layout(
-        title={"text": f"{html.escape(title)}<br><sup>{html.escape(meaning.quantity)}: {html.escape(meaning.importance)}</sup>"},
+        title={"text": f"{html.escape(title)}<br>{subtitle}"}, margin={"t": 60 + 16 * len(lines)},
         xaxis_title="head", yaxis_title="layer", yaxis={"autorange": "reversed"},
-        width=max(520, 34 * values.shape[1] + 260), height=max(380, 20 * values.shape[0] + 170),
+        width=width, height=max(380, 20 * values.shape[0] + 170) + 16 * len(lines),
     )
     return fig
 
@@ -90,7 +94,7 @@ class AttentionView:
                        for q, t in enumerate(esc))
         cols = "".join(f"<text transform='translate({label_w + k * cell + cell * 0.7},{label_w - 4}) rotate(-60)'>{t}</text>"
                        for k, t in enumerate(esc))
-        top = ", ".join(f"{html.escape(_visible(t))!s} ({p}) {w:.2f}" for p, t, w in self.top_keys())
+        top = ", ".join(f"{html.escape(_visible(t))} (position {p}) {w:.2f}" for p, t, w in self.top_keys(3))
         return (f"<div class='headmine-attention'><b>{html.escape(self.head)}</b>: query {self.query} "
                 f"<code>{esc[self.query]}</code> attends most to {top}<br>"
                 f"<svg xmlns='http://www.w3.org/2000/svg' width='{size}' height='{size}' font-family='monospace' "
