@@ -1,5 +1,5 @@
-"""Successor (causal task ``successor``): consecutive ordinal tokens -> the next one, corrupted by
-shuffling the items."""
+"""Successor (causal task ``successor``): consecutive comma-separated ordinal tokens -> the next
+one, corrupted by shuffling the items."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ def successor(
     sets: list[str] | None = None,
     prepend_bos: bool = False,
 ) -> PromptSet:
-    """``length`` consecutive ordinal tokens -> the next one (" Monday Tuesday Wednesday" ->
-    " Thursday"; bare-form sets are comma separated: "1,2,3," -> "4"). Corrupted = the same items
-    in a shuffled (non-increasing) order, same token length. Metric answer_logprob.
+    """``length`` consecutive ordinal tokens -> the next one (" Monday, Tuesday, Wednesday," ->
+    " Thursday"; bare-form sets: "1,2,3," -> "4"; only single known tokens, see ``ordinal_sets``).
+    Corrupted = the same items in a shuffled (non-increasing) order, same token length. Metric
+    answer_logprob (the answer position only).
 
     Meta: ``set_name`` list, ``item_positions`` [B, length], ``start`` [B] (index in the set).
     """
