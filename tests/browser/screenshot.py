@@ -23,17 +23,26 @@ CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 SHOT_ARGS = ("--hide-scrollbars", "--force-device-scale-factor=1")
 
 VIEWS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    # (name, URL fragment, selectors in order of preference: the current report's, then the old one's)
+    # (name, URL fragment, selectors in order of preference: the current report's, then the old one's;
+    # "caption:TEXT" = the first map whose caption holds TEXT, from the heading above its grid)
     ("roles", "", ("#roles",)),
-    ("ioi", "", ("#task-ioi", "figure:has(div.heatmap[data-series*='ioi'])")),
+    ("ioi", "", ("#task-ioi", "caption:[ioi]")),
     ("head-L23H3", "#head/L23H3", ("#head-view",)),
     ("agreement", "", ("#task-ioi-agreement", "#agreement")),
 )
 
 _SCROLL_TO = """
 const [sels] = arguments;
+function find(sel) {
+  if (!sel.startsWith('caption:')) { return document.querySelector(sel); }
+  const fig = [...document.querySelectorAll('figure')].find(f => f.querySelector('figcaption') &&
+    f.querySelector('figcaption').textContent.includes(sel.slice(8)));
+  if (!fig) { return null; }
+  const grid = fig.parentElement, before = grid && grid.previousElementSibling;
+  return before && /^H[2-4]$/.test(before.tagName) ? before : fig;
+}
 for (const sel of sels) {
-  const e = document.querySelector(sel);
+  const e = find(sel);
   if (e) {
     const header = document.querySelector('header.top');
     const pad = header && getComputedStyle(header).position === 'sticky' ? header.offsetHeight + 6 : 6;

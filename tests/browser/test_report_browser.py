@@ -324,3 +324,26 @@ def test_head_page_shows_attention_and_promoted_tokens_of_a_causal_top_head(brow
     missing = browser.find_element("id", "attn-missing").text
     assert missing.startswith("This head is in the top 20 of ") and "chg · F [natural_text]" in missing
     assert "Promoted tokens: not in this atlas" in browser.find_element("id", "head-summary").text
+
+
+def test_three_questions_take_one_action_each(browser, report):
+    """Issue 16's questions, answered from the overview with one click (or one typed head) each."""
+    from selenium.webdriver.common.keys import Keys
+
+    # 1. which are the induction heads, and how sure are we? (one click on the overview's question line)
+    _open(browser, report["page"])
+    browser.find_element("css selector", "#overview p.hint a[href='#type-induction-head']").click()
+    card = browser.find_element("id", "type-induction-head")
+    assert "Confirmed heads (2): L3H4" in card.text and "margin 18.3 sd" in card.text
+    # 2. what does L3H4 do? (type it into the jump box)
+    _open(browser, report["page"])
+    browser.find_element("id", "jump-input").send_keys("L3H4", Keys.ENTER)
+    summary = browser.find_element("id", "head-summary").text
+    assert "Confirmed: Induction Head" in summary and "rank 1 of 24" in summary and "Promotes" in summary
+    # 3. which heads matter for IOI, and do the methods agree? (one click)
+    _open(browser, report["page"])
+    browser.find_element("css selector", "#overview p.hint a[href='#task-ioi']").click()
+    panel = browser.find_element("id", "task-ioi")
+    assert len(panel.find_elements("css selector", ".task-maps figure")) == 4
+    assert panel.find_element("css selector", "table.task-top tr:nth-child(2) td").text.startswith("L3H4")
+    assert panel.find_element("css selector", 'td.agree-cell[data-i="0"][data-j="3"]').text.startswith("3/6")
