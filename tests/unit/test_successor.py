@@ -111,8 +111,11 @@ def _raw_succession(lm, tok) -> torch.Tensor:
         for layer_idx, layer in enumerate(m.model.layers):
             v = (layer.input_layernorm(ee) @ layer.self_attn.v_proj.weight.T).view(len(ids), nkv, dh)
             w_o = layer.self_attn.o_proj.weight
+            sandwich = hasattr(layer, "pre_feedforward_layernorm")  # Gemma 2/3: attention output is normed
             for h in range(nh):
                 o = v[:, h // (nh // nkv)] @ w_o[:, h * dh:(h + 1) * dh].T
+                if sandwich:
+                    o = layer.post_attention_layernorm(o)
                 logits = m.model.norm(o) @ m.lm_head.weight.T
                 ok = n = 0
                 for s in sets.values():
@@ -124,11 +127,17 @@ def _raw_succession(lm, tok) -> torch.Tensor:
     return out
 
 
-def test_succession_score_matches_raw_torch_on_a_tiny_llama():
+@pytest.mark.parametrize("family", ["llama-gqa", "gemma3-mqa"])
+def test_succession_score_matches_raw_torch_on_tiny_models(family):
+    # Gemma's post-attention norm gain (1 + w) must be part of each head's OV output
     words = [w for name in ("days", "months", "letters", "ordinal_words") for w in ORDINAL_SEQUENCES[name]]
     tok = word_tokenizer(words)
     assert len(tok) <= VOCAB
-    lm = dataclasses.replace(tiny_model("llama-gqa", seed=3), tokenizer=tok)
+    lm = dataclasses.replace(tiny_model(family, seed=3), tokenizer=tok)
+    if family.startswith("gemma"):  # random init leaves the norm gains at 0 (gain 1): make them matter
+        with torch.no_grad():
+            for layer in lm.model.model.layers:
+                layer.post_attention_layernorm.weight.normal_(0, 1.0)
     res = scan_model(lm, ScanConfig(detectors=("successor",), causal=False))
     got = torch.tensor(res.matrix("successor"), dtype=torch.float32)
     want = _raw_succession(lm, tok)

@@ -18,12 +18,14 @@ import torch
 
 from headmine.models.base import ModelAdapter
 from headmine.models.loading import LoadedModel
+from headmine.models.norms import NormSpec
 
 
 @dataclass(frozen=True, kw_only=True)
 class CircuitWeights:
     """W_Q/W_K/W_V: [layer, head, d_model, d_head] (K and V repeated per query head);
-    W_O: [layer, head, d_head, d_model]; W_U: [d_model, vocab] with the final norm gain folded in;
+    W_O: [layer, head, d_head, d_model], with the gain of a norm on the attention output folded in
+    (Gemma 2/3); W_U: [d_model, vocab] with the final norm gain folded in;
     attn_norm_gain: [layer, d_model] (ones when the norm has no gain); norm_kind: "rms" or "layer"."""
 
     W_Q: torch.Tensor
@@ -44,7 +46,8 @@ class CircuitWeights:
             w_q = torch.stack([adapter.W_Q(layer).detach().float() for layer in layers])
             w_k = torch.stack([adapter.per_query_head(adapter.W_K(layer)).detach().float() for layer in layers])
             w_v = torch.stack([adapter.per_query_head(adapter.W_V(layer)).detach().float() for layer in layers])
-            w_o = torch.stack([adapter.W_O(layer).detach().float() for layer in layers])
+            w_o = torch.stack([_post_normed(adapter.W_O(layer).detach().float(), adapter.attn_post_norm_spec(layer))
+                               for layer in layers])
             w_u = adapter.W_U().detach().float()
             final = adapter.final_norm_spec()
             if final is not None:
@@ -83,6 +86,17 @@ class CircuitWeights:
         """Direct-path logits of head outputs ``out`` [..., d_model] for ``token_ids`` only,
         through the final norm (linearised: each output normed on its own)."""
         return self.normalize(out) @ self.W_U[:, token_ids].to(torch.float32)
+
+
+def _post_normed(w_o: torch.Tensor, spec: NormSpec | None) -> torch.Tensor:
+    """W_O [head, d_head, d_model] followed by the attention output's own norm where the family has
+    one (Gemma 2/3 "sandwich" norms), linearised: each head's output centred (LayerNorm) and scaled by
+    the norm's gain; the per-row 1/rms is left out, as for the other norms here."""
+    if spec is None:
+        return w_o
+    if spec.kind == "layer":
+        w_o = w_o - w_o.mean(-1, keepdim=True)
+    return w_o * spec.weight.detach().float().to(w_o.device)
 
 
 def circuit_weights(lm: LoadedModel) -> CircuitWeights:
