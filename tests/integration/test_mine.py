@@ -35,6 +35,9 @@ def test_mine_writes_every_applicable_stage_then_resumes(toy, atlas_path):
         views = db.artifact(first.run_ids["attention examples of every method's top heads"], "attn_examples")
         tops = load_model_data(db, toy.name).page_json()["tops"]
     assert tops and set(tops) <= set(views["patterns"])
+    with Atlas.open(atlas_path, create=False) as db:  # scan inputs are stored as text as well as ids
+        scan_inputs = [r for r in db.inputs(first.run_ids["scan + causal checks"]) if r.role == "repeated_tokens"]
+    assert len(scan_inputs) and all(r.text == toy.tokenizer.decode(list(r.token_ids)) for r in scan_inputs)
     assert all(len(toks) == 5 and all(isinstance(t, str) for t in toks) for lists in views["promotes"].values()
                for toks in lists)
     second = mine(toy, atlas_path, budget="quick")

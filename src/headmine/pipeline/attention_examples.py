@@ -5,7 +5,6 @@ stage (:func:`method_top_views`) stores every head that a causal method or CHG p
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 
 from headmine.atlas import Atlas
 from headmine.atlas.artifacts import ATTN_EXAMPLES, make_attn_examples
-from headmine.atlas.job import AtlasRun, JobResult
+from headmine.atlas.job import AtlasRun
 from headmine.atlas.schema import RunRecord
 from headmine.capture import CaptureSpec, run_capture
 from headmine.causal.logit_lens import lens_logits
@@ -76,30 +75,10 @@ def attention_examples(lm: LoadedModel, heads: list[HeadId], prompts: tuple[tupl
                               promotes=promotes if any(t is not None for v in promotes.values() for t in v) else None)
 
 
-@dataclass
-class HeadViews(JobResult):
-    """The ``attention`` run of `mine`: attention examples of every head some method ranks top-k."""
-
-    model: str
-    model_info: dict[str, Any]
-    heads: list[HeadId]
-    artifact: dict[str, Any]
-    k: int = TOP_K
-    duration_s: float = 0.0
-    sources: list[int] = field(default_factory=list)
-
-    def to_atlas(self, *, group_id: str | None = None) -> AtlasRun:
-        record = RunRecord(kind="attention", model=self.model, model_info=self.model_info, group_id=group_id,
-                           params={"top_k": self.k, "n_heads": len(self.heads), "from_runs": self.sources,
-                                   "prompts": [name for name, _ in EXAMPLE_PROMPTS]},
-                           duration_s=self.duration_s,
-                           notes=f"attention examples of the {len(self.heads)} heads in any method's top {self.k}")
-        return AtlasRun(record=record, artifacts={ATTN_EXAMPLES: self.artifact} if self.artifact else {})
-
-
-def method_top_views(lm: LoadedModel, atlas_path: str | Path, group_id: str, k: int = TOP_K) -> HeadViews:
-    """Attention examples (and promoted tokens) of every head that a causal method or CHG run of
-    session ``group_id`` puts in its top ``k`` (the heads the report's head pages look for)."""
+def method_top_views(lm: LoadedModel, atlas_path: str | Path, group_id: str, k: int = TOP_K) -> AtlasRun:
+    """The ``attention`` run of `mine`: attention examples (and promoted tokens) of every head that a
+    causal method or CHG run of session ``group_id`` puts in its top ``k`` (the heads the report's
+    head pages look for). A ready :class:`AtlasRun` with no scores: it adds views, not findings."""
     start = time.perf_counter()
     with Atlas.open(atlas_path, create=False) as db:
         runs = db.runs(group_id=group_id)
@@ -109,6 +88,10 @@ def method_top_views(lm: LoadedModel, atlas_path: str | Path, group_id: str, k: 
     scores = scores[(scores["layer"] < g.n_layers) & (scores["head"] < g.n_heads)]
     tops = method_top_heads(series_from(scores, g.n_layers, g.n_heads), k)
     heads = sorted(HeadId(int(layer), int(head)) for layer, head in (hid[1:].split("H") for hid in tops))
-    return HeadViews(model=lm.name, model_info=lm.model_info(), heads=heads, k=k,
-                     artifact=attention_examples(lm, heads), duration_s=time.perf_counter() - start,
-                     sources=sorted({int(r) for r in scores["run_id"]}))
+    artifact = attention_examples(lm, heads)
+    record = RunRecord(kind="attention", model=lm.name, model_info=lm.model_info(), group_id=group_id,
+                       params={"top_k": k, "n_heads": len(heads), "from_runs": sorted({int(r) for r in scores["run_id"]}),
+                               "prompts": [name for name, _ in EXAMPLE_PROMPTS]},
+                       duration_s=time.perf_counter() - start,
+                       notes=f"attention examples of the {len(heads)} heads in any method's top {k}")
+    return AtlasRun(record=record, artifacts={ATTN_EXAMPLES: artifact} if artifact else {})

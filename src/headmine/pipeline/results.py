@@ -154,6 +154,7 @@ class ScanResult(JobResult):
     started_at: str = ""
     notes: list[str] = field(default_factory=list)
     attn_examples: dict[str, Any] = field(default_factory=dict)
+    input_texts: dict[str, list[str]] = field(default_factory=dict)  # task -> decoded text of each input
 
     def detector_scores(self, name: str, metric: str = "score") -> pd.DataFrame:
         df = self.scores
@@ -224,8 +225,10 @@ class ScanResult(JobResult):
             notes="; ".join(self.notes) or None,
         )
         labels = [LabelRow(**lab) for lab in self.labels()]
-        inputs = [InputRow(idx=i, token_ids=ids, role=task) for task, rows in sorted(self.inputs.items())
-                  for i, ids in enumerate(rows)]
+        texts = self.input_texts
+        inputs = [InputRow(idx=i, token_ids=ids, role=task,
+                           text=texts[task][i] if i < len(texts.get(task, ())) else None)
+                  for task, rows in sorted(self.inputs.items()) for i, ids in enumerate(rows)]
         artifacts = {CAUSAL_CHECKS: make_causal_checks(self.causal), "timings": self.timings,
                      **({ATTN_EXAMPLES: self.attn_examples} if self.attn_examples else {}),
                      "detectors": {d.name: {"head_type": d.head_type, "stage": d.stage, "task": d.task,

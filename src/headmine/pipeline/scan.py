@@ -92,9 +92,11 @@ def scan_model(lm: LoadedModel, config: ScanConfig | None = None, *, progress: P
         frames.extend(ctx.accumulators[d.name].finalize(method=d.name, metric=d.metric) for d in dets)
         timings[task] = time.perf_counter() - t0
     scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
+    texts = ({task: [lm.tokenizer.decode(list(ids)) for ids in rows] for task, rows in inputs.items()}
+             if lm.tokenizer is not None else {})  # the report shows each input as text next to its ids
     result = ScanResult(model=lm.name, model_info=lm.model_info(), config=config, detectors=detectors,
                         scores=scores, causal={}, inputs=inputs, probe_params=probe_params, timings=timings,
-                        started_at=started,
+                        input_texts=texts, started_at=started,
                         notes=[f"probe {task!r} skipped: {why}" for task, why in not_applicable.items()])
     result.attn_examples = attention_examples(lm, sorted({h for d in detectors for h in head_ids(result.top(d.name, 3))}))
     if config.causal:
