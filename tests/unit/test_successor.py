@@ -96,7 +96,7 @@ def test_prompts_are_comma_separated_and_score_only_the_answer():
     assert ev.measure(logits) == pytest.approx(chance, rel=1e-5)
 
 
-def _raw_succession(lm, tok) -> torch.Tensor:
+def raw_succession(lm, tok) -> torch.Tensor:
     """Independent reference: residual after block 0 for [bos, t], each head's OV output, final
     RMSNorm and lm_head, argmax within each set -> share of successes, per (layer, head)."""
     m, cfg = lm.model, lm.model.config
@@ -140,6 +140,6 @@ def test_succession_score_matches_raw_torch_on_tiny_models(family):
                 layer.post_attention_layernorm.weight.normal_(0, 1.0)
     res = scan_model(lm, ScanConfig(detectors=("successor",), causal=False))
     got = torch.tensor(res.matrix("successor"), dtype=torch.float32)
-    want = _raw_succession(lm, tok)
+    want = raw_succession(lm, tok)
     assert torch.allclose(got, want, atol=1e-6), (got, want)
     assert got.std() > 0  # random heads differ: the comparison is not between constants
