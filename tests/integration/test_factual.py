@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from headmine.atlas import Atlas, write_job
-from headmine.causal.factual_recall import answer_trajectory, argument_passing_heads
+from headmine.causal.factual_recall import answer_trajectory, argument_passing_heads, check_heads
 from headmine.core.errors import HeadmineError
+from headmine.pipeline import factual as pf
 from headmine.pipeline.factual import FactualConfig, build_prompts, choose_on_train, run_factual
 from headmine.tasks import natural_text
 
@@ -21,22 +22,49 @@ SMALL = FactualConfig(relations=["country_capital", "country_language", "object_
                       max_senders=6, max_pairs=10, max_train=12, factors=(0.0,))
 
 
-def test_factual_smollm2_heldout_set_does_not_change_the_mitigation(smollm2, tmp_path) -> None:
-    """End to end on SmolLM2; then a different held-out relation (the training facts unchanged) gives the
-    same training prompts and the same chosen mitigation, candidate by candidate."""
+def test_factual_smollm2_mitigation_is_a_function_of_the_training_facts(smollm2, monkeypatch, tmp_path) -> None:
+    """End to end on SmolLM2: run_factual hands the choice only the training prompts (and the first half of
+    the corpus windows). Then the held-out set is perturbed (another held-out relation, and one held-out fact
+    fewer in every other relation) with the training facts unchanged: the training prompts are the same
+    tokens, the held-out prompts differ, and the chosen mitigation is the same, candidate by candidate."""
+    seen = []
+    real_choose = pf.choose_on_train
+
+    def spy(lm, cfg, train, corpus_ids):
+        seen.append((set(train.meta["split"]), int(corpus_ids.shape[0])))
+        return real_choose(lm, cfg, train, corpus_ids)
+
+    monkeypatch.setattr(pf, "choose_on_train", spy)
     rep = run_factual(smollm2, SMALL)
+    monkeypatch.undo()
+    assert seen == [({"train"}, SMALL.corpus_windows // 2)]
     sel = rep.mitigation["selection"]
-    train = build_prompts(smollm2, SMALL).splits["train"]
+    prompts = build_prompts(smollm2, SMALL)
+    train = prompts.splits["train"]
     assert sel["split"] == "train" and sel["n_prompts"] == len(train) == rep.mitigation["train"]["n"]
     assert set(rep.mitigation["facts"]["train"]) == {"country_capital", "country_language"}
     assert rep.mitigation["heldout_relations"]["n"] > 0 and rep.mitigation["heldout_facts"]["n"] > 0
 
+    real_split = pf.split_relation_facts
+
+    def fewer_heldout(*args, **kwargs):
+        out = real_split(*args, **kwargs)
+        out["heldout_facts"] = {r: s[1:] for r, s in out["heldout_facts"].items()}
+        return out
+
+    monkeypatch.setattr(pf, "split_relation_facts", fewer_heldout)
     other = replace(SMALL, relations=["country_capital", "country_language", "landmark_country"],
                     heldout_relations=["landmark_country"])
-    train2 = build_prompts(smollm2, other).splits["train"]
-    assert torch.equal(train2.input_ids, train.input_ids)
+    perturbed = build_prompts(smollm2, other)
+    monkeypatch.undo()
+    assert perturbed.facts["train"] == prompts.facts["train"]
+    for rel, subjects in prompts.facts["heldout_facts"].items():
+        assert perturbed.facts["heldout_facts"][rel] == subjects[1:] and subjects[0] not in perturbed.facts["train"][rel]
+    assert torch.equal(perturbed.splits["train"].input_ids, train.input_ids)
+    assert perturbed.splits["heldout_facts"].texts != prompts.splits["heldout_facts"].texts
+    assert perturbed.splits["heldout_relations"].texts != prompts.splits["heldout_relations"].texts
     corpus = natural_text(smollm2.tokenizer, n=SMALL.corpus_windows, seq_len=SMALL.window_len, seed=SMALL.seed).input_ids
-    chosen2, rows2, _ = choose_on_train(smollm2, other, train2, corpus[:1])
+    chosen2, rows2, _ = choose_on_train(smollm2, other, perturbed.splits["train"], corpus[:1])
     assert chosen2.name == rep.chosen.name and chosen2.head_scales == rep.chosen.head_scales
     assert [r["name"] for r in rows2] == [r["name"] for r in rep.mitigation_candidates]
     assert [r["train_dlogp"] for r in rows2] == pytest.approx([r["train_dlogp"] for r in rep.mitigation_candidates], abs=1e-6)
@@ -63,15 +91,19 @@ def test_gemma3_final_layer_drops_the_answer_on_most_prompts(gemma3) -> None:
     assert traj.drop_share() >= 0.5, traj.summary()
 
 
-def test_argument_passing_head_beats_random_heads(smollm2) -> None:
-    """Lv et al.: a head moves the subject to the last position. Patching the top argument-passing head
-    from the subject-swapped run moves the answer more than random single heads, with a 95% bootstrap
-    CI over prompts that excludes zero."""
-    cfg = FactualConfig(relations=["country_capital"], heldout_relations=[], n_per_relation=24, shots=0)
+def test_argument_passing_head_beats_random_heads_on_other_prompts(smollm2) -> None:
+    """Lv et al.: a head moves the subject to the last position. The top argument-passing head, ranked on
+    half of the subject-swap pairs, patched from the swapped run on the other half moves the answer more
+    than random single heads, with a 95% paired bootstrap CI over those prompts that excludes zero
+    (measured: see the issue-10 note)."""
+    cfg = FactualConfig(relations=["country_capital"], heldout_relations=[], n_per_relation=48, shots=0, test_frac=0.5)
     prompts = build_prompts(smollm2, cfg)
-    res = argument_passing_heads(smollm2, prompts.clean0, corrupted=prompts.corrupt0, top_k=1, n_random=8,
-                                 max_senders=8, max_pairs=24)
-    c = res.check
+    rows = list(range(len(prompts.clean0)))
+    rank, check = rows[0::2], rows[1::2]
+    assert len(check) >= 12
+    res = argument_passing_heads(smollm2, prompts.clean0.select(rank), corrupted=prompts.corrupt0.select(rank), top_k=1,
+                                 n_random=0, max_senders=8, max_pairs=None)
+    c = check_heads(smollm2, prompts.clean0.select(check), prompts.corrupt0.select(check), res.top(1), n_random=8)
     assert c["top_minus_random_ci"][0] > 0, c
     assert c["top_k_effect"] > c["random_k_effect_mean"] + 0.05, c
 
