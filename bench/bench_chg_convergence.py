@@ -76,13 +76,38 @@ def run(lm: Any, name: str, ref: dict[str, torch.Tensor] | None) -> dict[str, An
     }
 
 
+def table(path: Path) -> str:
+    """The JSON lines of ``path`` as a markdown table (one row per configuration run)."""
+    head = ("| config | n | updates | lrs | batch | seeds | verdict | rel. change G / G+ / G- | grad norm (last 10%) "
+            "G / G+ / G- | F / N / I / incons. / uncl. (pooled) | F r | label agr. | vs ref | wall s | CPU s |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        st = ("G", "G+", "G-")
+        sh = r["shares"]
+        out.append(
+            f"| {r['config']} | {r['n']} | {'/'.join(map(str, r['updates']))} | "
+            f"{' '.join(f'{a:g}>{b:g}' for a, b in r['lrs'])} | {r['batch']} | {r['seeds']} | {r['verdict']} | "
+            + " / ".join(f"{r['rel_change'].get(s, float('nan')):.3f}" for s in st) + " | "
+            + " / ".join(f"{r['grad_norm_last'].get(s, float('nan')):.2g}" for s in st) + " | "
+            + " / ".join(f"{sh[k]:.0%}" for k in ("facilitating", "interfering", "irrelevant", "inconsistent",
+                                                  "unclassified"))
+            + f" | {r['F_pearson']:.2f} | {r['label_agreement']:.2f} | {r['ref_label_agreement']:.2f} | "
+            f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--ref", default="/work/cmp/chg_ref.safetensors")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "chg_convergence.jsonl"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--table", action="store_true", help="print --out as a markdown table and exit")
     args = p.parse_args()
+    if args.table:
+        print(table(Path(args.out)))
+        return
     torch.set_num_threads(args.threads)
     ref = None
     if Path(args.ref).is_file():

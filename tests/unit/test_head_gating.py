@@ -188,7 +188,10 @@ def test_bad_input(tmp_path, lm):
 
 def test_presets_and_overrides():
     q = CHGConfig.preset_for("quick", seeds=5)
-    assert q.seeds == 5 and q.preset == "quick" and q.updates == (20, 20, 20)
+    assert q.seeds == 5 and q.preset == "quick" and q.updates == (20, 30, 30)
+    for name in ("quick", "standard"):  # CPU presets are full batch on the rows they build
+        c = CHGConfig.preset_for(name)
+        assert c.batch_size >= c.rows and c.eval_rows == c.rows
     p = CHGConfig.preset_for("paper")
     assert p.updates == (500, 500, 500) and p.batch_size == 64 and p.lrs[0] == (0.1, 0.01) and p.lam == 0.1
     assert json.dumps(q.to_dict())

@@ -129,7 +129,7 @@ def lens(lm: ModelLike, *, task: str, n: int = 32, seed: int = 0, metric: str | 
     return method("logit_lens", lm, task=task, n=n, seed=seed, metric=metric, atlas=atlas)
 
 
-def gate(lm: ModelLike, *, task: str | None = None, data: str | Path | None = None, n: int = 64,
+def gate(lm: ModelLike, *, task: str | None = None, data: str | Path | None = None, n: int | None = None,
          preset: str = "quick", seed: int = 0, ablation: bool = True, agreement: bool = True,
          atlas: str | Path | None = None, **config: Any) -> Result:
     """Causal Head Gating on a built-in ``task`` or a ``data`` file (.jsonl prompt/target rows, or text).
@@ -138,6 +138,7 @@ def gate(lm: ModelLike, *, task: str | None = None, data: str | Path | None = No
         raise InputError("give exactly one of task= or data=", "e.g. hm.gate(lm, task='ioi')")
     model = _model(lm)
     cfg = CHGConfig.preset_for(preset, seed=seed, **config)
+    n = cfg.rows if n is None else n  # the rows the preset was measured on
     prompts = None
     if data is not None:
         ds, name = load_data_file(model, data, limit=n), Path(data).name

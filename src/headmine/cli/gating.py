@@ -99,9 +99,11 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id"),
         data: Path = typer.Option(None, "--data", help=".jsonl with prompt/target rows (loss on target) or a text file"),
         task: str = typer.Option(None, "--task", help="a built-in task (ioi, factual, induction, ...)"),
-        n: int = typer.Option(64, help="prompts to build for --task (or rows kept from --data)"),
+        n: int = typer.Option(None, help="prompts to build for --task (or rows kept from --data); default: the "
+                              "preset's rows (quick 16, standard 32, paper 64)"),
         seeds: int = typer.Option(None, help="gate sets fitted together in one batched pass (K)"),
-        preset: str = typer.Option("quick", help="quick (CPU, minutes) or paper (3 x 500 updates, batch 64)"),
+        preset: str = typer.Option("quick", help="quick (converges on SmolLM2 IOI in ~5 CPU minutes), standard "
+                                   "(~15) or paper (3 x 500 updates, batch 64, 10 seeds)"),
         updates: str = typer.Option(None, help="updates per stage: one number or three (lam=0, G+, G-)"),
         batch_size: int = typer.Option(None, help="rows per update"),
         micro_batch: int = typer.Option(None, help="rows x seeds per forward pass (gradient accumulation)"),
@@ -118,6 +120,7 @@ def register(app: typer.Typer) -> None:
             raise InputError("give exactly one of --data FILE or --task NAME", "e.g. --task ioi or --data prompts.jsonl")
         cfg = CHGConfig.preset_for(preset, seeds=seeds, updates=_updates(updates), batch_size=batch_size,
                                    micro_batch=micro_batch, lam=lam, seed=seed)
+        n = cfg.rows if n is None else n
         lm = load_with_status(model)
         prompts = None
         if data is not None:

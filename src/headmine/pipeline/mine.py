@@ -53,8 +53,8 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(name="quick", scan_batch=8, scan_probe_n=8, causal_n=8, toolkit_n=16, chg_preset="quick",
                     chg_seeds=2, chg_n=16, chg_tasks=("ioi",), factual_n=8, factual_shots=0),
-    "standard": Budget(name="standard", scan_batch=8, scan_probe_n=16, causal_n=16, toolkit_n=32, chg_preset="quick",
-                       chg_seeds=3, chg_n=32, chg_tasks=("ioi", "induction"), factual_n=16, factual_shots=3),
+    "standard": Budget(name="standard", scan_batch=8, scan_probe_n=16, causal_n=16, toolkit_n=32, chg_preset="standard",
+                       chg_seeds=2, chg_n=32, chg_tasks=("ioi", "induction"), factual_n=16, factual_shots=3),
     "thorough": Budget(name="thorough", scan_batch=8, scan_probe_n=32, causal_n=32, toolkit_n=64, chg_preset="paper",
                        chg_seeds=4, chg_n=64, chg_tasks=("ioi", "induction", "factual"), factual_n=32, factual_shots=3),
 }
@@ -157,7 +157,9 @@ def stages_for(lm: LoadedModel, budget: Budget) -> list[Stage]:
         Stage(f"direct logit attribution ({task})", "dla", task, 2, _toolkit("dla", task)),
     ]
     chg_tasks = dict.fromkeys(t if t != "ioi" else task for t in budget.chg_tasks)
-    out += [Stage(f"causal head gating ({t})", "chg", t, 3 * 20 * 3 * budget.chg_seeds, _chg(t)) for t in chg_tasks]
+    chg = CHGConfig.preset_for(budget.chg_preset)  # cost: updates x (forward + backward) x seeds x batches of 8 rows
+    chg_cost = sum(chg.updates) * 3 * budget.chg_seeds * min(chg.batch_size, budget.chg_n) / 8
+    out += [Stage(f"causal head gating ({t})", "chg", t, chg_cost, _chg(t)) for t in chg_tasks]
     out.append(Stage("factual recall", "factual", None, 60 + 2 * heads / 8, _factual))
     out.append(Stage("attention examples of every method's top heads", "attention", None, 4, _attention))
     return out
