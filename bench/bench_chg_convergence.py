@@ -35,6 +35,8 @@ CONFIGS: dict[str, tuple[int, str, dict[str, Any]]] = {
                                     seeds=2, eval_rows=16)),
     # full batch on a small prompt set: no mini-batch noise, so Adam's per-head steps follow the sign of the
     # (tiny) regulariser wherever the data gradient is ~0, and gates saturate in ~4 / lr updates
+    "full8_g05": (8, "paper", dict(updates=(15, 25, 25), lrs=((0.5, 0.05), (1.0, 0.1), (1.0, 0.1)), batch_size=8,
+                                   micro_batch=16, seeds=2, eval_rows=8)),
     "full16_g05": (16, "paper", dict(updates=(20, 30, 30), lrs=((0.5, 0.05), (1.0, 0.1), (1.0, 0.1)), batch_size=16,
                                      micro_batch=32, seeds=2, eval_rows=16)),
     "full16_g01": (16, "paper", dict(updates=(20, 30, 30), lrs=((0.1, 0.01), (1.0, 0.1), (1.0, 0.1)), batch_size=16,

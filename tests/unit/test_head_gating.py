@@ -188,7 +188,7 @@ def test_bad_input(tmp_path, lm):
 
 def test_presets_and_overrides():
     q = CHGConfig.preset_for("quick", seeds=5)
-    assert q.seeds == 5 and q.preset == "quick" and q.updates == (20, 30, 30)
+    assert q.seeds == 5 and q.preset == "quick" and q.updates == (15, 25, 25)
     for name in ("quick", "standard"):  # CPU presets are full batch on the rows they build
         c = CHGConfig.preset_for(name)
         assert c.batch_size >= c.rows and c.eval_rows == c.rows

@@ -100,10 +100,10 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(None, "--data", help=".jsonl with prompt/target rows (loss on target) or a text file"),
         task: str = typer.Option(None, "--task", help="a built-in task (ioi, factual, induction, ...)"),
         n: int = typer.Option(None, help="prompts to build for --task (or rows kept from --data); default: the "
-                              "preset's rows (quick 16, standard 32, paper 64)"),
+                              "preset's rows (quick 8, standard 16, paper 64)"),
         seeds: int = typer.Option(None, help="gate sets fitted together in one batched pass (K)"),
-        preset: str = typer.Option("quick", help="quick (converges on SmolLM2 IOI in ~5 CPU minutes), standard "
-                                   "(~15) or paper (3 x 500 updates, batch 64, 10 seeds)"),
+        preset: str = typer.Option("quick", help="quick (~2.5 CPU-minutes on SmolLM2 IOI), standard (~6) or paper "
+                                   "(3 x 500 updates, batch 64, 10 seeds); every fit prints its convergence verdict"),
         updates: str = typer.Option(None, help="updates per stage: one number or three (lam=0, G+, G-)"),
         batch_size: int = typer.Option(None, help="rows per update"),
         micro_batch: int = typer.Option(None, help="rows x seeds per forward pass (gradient accumulation)"),

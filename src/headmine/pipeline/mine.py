@@ -52,9 +52,9 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(name="quick", scan_batch=8, scan_probe_n=8, causal_n=8, toolkit_n=16, chg_preset="quick",
-                    chg_seeds=2, chg_n=16, chg_tasks=("ioi",), factual_n=8, factual_shots=0),
+                    chg_seeds=2, chg_n=8, chg_tasks=("ioi",), factual_n=8, factual_shots=0),
     "standard": Budget(name="standard", scan_batch=8, scan_probe_n=16, causal_n=16, toolkit_n=32, chg_preset="standard",
-                       chg_seeds=2, chg_n=32, chg_tasks=("ioi", "induction"), factual_n=16, factual_shots=3),
+                       chg_seeds=2, chg_n=16, chg_tasks=("ioi", "induction"), factual_n=16, factual_shots=3),
     "thorough": Budget(name="thorough", scan_batch=8, scan_probe_n=32, causal_n=32, toolkit_n=64, chg_preset="paper",
                        chg_seeds=4, chg_n=64, chg_tasks=("ioi", "induction", "factual"), factual_n=32, factual_shots=3),
 }
