@@ -72,7 +72,7 @@ def print_convergence(res: CHGResult) -> None:
     else:
         console.print(f"[bold yellow]NOT CONVERGED[/]: {'; '.join(conv.reasons)} ({stages})")
         console.print("[yellow]the labels below are evidence, not findings; none is written to the atlas "
-                      "(try --preset standard or more --updates)[/]")
+                      "(more --updates or the paper preset may converge)[/]")
 
 
 def print_heads(res: CHGResult) -> None:
