@@ -60,6 +60,7 @@ def register(app: typer.Typer) -> None:
         table = Table(title=f"headmine scan {escape(model)}")
         for col in ("detector", "head type (stage)", "top heads", "causal check (top-k vs random)"):
             table.add_column(col)
+        labelled = {lab["method"] for lab in result.labels()}
         for det in result.detectors:
             best = result.top(det.name, top)
             heads = ", ".join(f"L{r.layer}H{r.head} {r.value:.2f}" for r in best.itertuples()) or "-"
@@ -70,6 +71,8 @@ def register(app: typer.Typer) -> None:
                 mark = "[green]confirmed[/]" if check.confirmed else "[yellow]unconfirmed[/]"
                 verdict = (f"{mark} {check.metric} {check.topk_effect:+.3f} vs "
                            f"{check.random_mean:+.3f}±{check.random_std:.3f} (k={check.k})")
+                if det.name not in labelled:  # the check tested the best-scoring heads, not a labelled type
+                    verdict = f"[dim]no head at or above {det.threshold:g}: no label[/]; top-{check.k} check: {verdict}"
             table.add_row(det.name, f"{escape(det.head_type)} ({escape(det.stage)})", heads, verdict)
         console.print(table)
         console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
