@@ -9,7 +9,15 @@ import torch
 from typer.testing import CliRunner
 
 from headmine.capture import CaptureSpec, run_capture
-from headmine.causal.head_gating import CHGConfig, fit_chg, mean_logprob, repeated_tokens_data
+from headmine.causal.head_gating import (
+    CHGConfig,
+    GatingData,
+    fit_chg,
+    mean_logprob,
+    repeated_tokens_data,
+    targeted_ablation,
+    task_data,
+)
 from headmine.core.ids import Site
 
 pytestmark = pytest.mark.slow
@@ -151,3 +159,63 @@ def test_cli_gate_and_errors(smollm2, tmp_path, monkeypatch):
 
     with Atlas.open(db, readonly=True) as atlas:
         assert len(atlas.runs()) == 1  # failed commands wrote nothing
+
+
+#: a small real-model fit on SmolLM2 IOI: full batch on 8 prompts, 2 seeds, 15 + 25 + 25 updates (~2.5
+#: CPU-minutes); the claims are checked on 32 other prompts. Its verdict is NOT converged: the stages settle
+#: (relative change 0.011-0.018 against the 0.01 tolerance) but the two seeds disagree (F r = 0.19, labels
+#: 46%); no CPU configuration studied so far converges on SmolLM2 IOI (bench/results/chg_convergence.md), so
+#: these tests check the paper's claims per seed on the gates a CPU budget gives.
+SMOL_FIT = dict(updates=(15, 25, 25), lrs=((0.5, 0.05), (1.0, 0.1), (1.0, 0.1)), batch_size=8, micro_batch=16,
+                seeds=2, eval_rows=8)
+#: nats; measured gaps: F - I at k = 16 is -2.99 (seed 0) and -1.46 (seed 1); ablating the heads labelled
+#: facilitating costs 1.38 against 0.006 for as many heads labelled irrelevant
+MARGIN_F_VS_I = 1.0
+MARGIN_LABELS = 0.5
+MAX_IRRELEVANT_COST = 0.1
+
+
+def _rows(data: GatingData, start: int, stop: int) -> GatingData:
+    return GatingData(input_ids=data.input_ids[start:stop], attention_mask=data.attention_mask[start:stop],
+                      loss_mask=data.loss_mask[start:stop], source=data.source)
+
+
+@pytest.fixture(scope="module")
+def smol_ioi(smollm2):
+    """(converged CHG fit on 8 IOI prompts, 32 held-out IOI prompts)."""
+    data, _ = task_data(smollm2, "ioi", n=40, seed=0)
+    res = fit_chg(smollm2, _rows(data, 0, 8), CHGConfig.preset_for("paper", **SMOL_FIT))
+    return res, _rows(data, 8, 40)
+
+
+def test_smollm2_ioi_f_order_beats_i_order(smollm2, smol_ioi):
+    """Paper Fig. 2 on held-out IOI prompts: from G+, closing the top-16 heads by F lowers the answer
+    log-prob (vs opening them) by more than closing the top-16 by I, in each seed, by a margin."""
+    res, held = smol_ioi
+    assert res.status == "complete" and res.convergence is not None
+    for k in range(res.G.shape[0]):
+        out = targeted_ablation(smollm2, held, res.G_plus[k], {"F": res.F[k], "I": res.I[k]}, (16,), micro_batch=16)
+        assert out["F"][0] < out["I"][0] - MARGIN_F_VS_I, f"seed {k}: {out}"
+        assert out["F"][0] < -MARGIN_F_VS_I
+
+
+def test_smollm2_ioi_labels_at_half(smollm2, smol_ioi):
+    """Labels at the paper's 0.5 threshold on the real model: ablating the heads labelled facilitating in
+    every seed costs the held-out answer more than ablating as many heads labelled irrelevant in every
+    seed (highest score first), and the irrelevant ones cost little."""
+    res, held = smol_ioi
+    assert res.config.threshold == 0.5
+    codes = res.label_codes()
+    fac, irr = (codes == 0).all(0), (codes == 2).all(0)
+    k = int(min(fac.sum(), irr.sum()))
+    assert k >= 3, f"{int(fac.sum())} facilitating, {int(irr.sum())} irrelevant in every seed"
+    base = float(mean_logprob(smollm2, held))
+    cost = {}
+    for name, mask, score in (("F", fac, res.F.mean(0)), ("I", irr, res.I.mean(0))):
+        idx = mask.flatten().nonzero().flatten()
+        top = idx[torch.argsort(score.flatten()[idx], descending=True)[:k]]
+        gates = torch.ones(mask.numel())
+        gates[top] = 0
+        cost[name] = base - float(mean_logprob(smollm2, held, gates.view_as(mask), micro_batch=16))
+    assert cost["F"] > cost["I"] + MARGIN_LABELS, cost
+    assert cost["I"] < MAX_IRRELEVANT_COST, cost
