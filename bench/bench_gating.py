@@ -21,14 +21,8 @@ import time
 
 import torch
 
-from headmine.causal.head_gating import (
-    CHGConfig,
-    _seq_logprob,
-    _target_logits,
-    fit_chg,
-    gated_logprob,
-    task_data,
-)
+from headmine.causal.head_gating import CHGConfig, fit_chg, gated_logprob, task_data
+from headmine.causal.head_gating.logprob import _seq_logprob, _target_logits
 from headmine.models.loading import load_model
 
 
