@@ -22,19 +22,15 @@ from headmine.api.figures import heatmap as draw_heatmap
 from headmine.atlas import AtlasRun, JobResult, RunRecord, write_job
 from headmine.core.errors import InputError
 from headmine.report.meaning import Meaning, meaning_for
-from headmine.report.series import PRIMARY_METRICS, ranks
+from headmine.report.series import metric_order, ranks
 
 #: the columns of :meth:`Result.to_pandas`, in order.
 TIDY_COLUMNS = ("layer", "head", "method", "metric", "value", "n", "stderr", "rank")
 
 
 def primary_metric(metrics: list[str]) -> str:
-    """The metric that stands for a method (the report's rule: the first of PRIMARY_METRICS found)."""
-    for want in PRIMARY_METRICS:
-        for m in metrics:
-            if m == want or (want.endswith("_") and m.startswith(want)):
-                return m
-    return sorted(metrics)[0]
+    """The metric that stands for a method: the report's rule (:func:`~headmine.report.series.metric_order`)."""
+    return min(metrics, key=metric_order)
 
 
 class Result:
@@ -136,6 +132,11 @@ class Result:
 
     # ------------------------------------------------------------------ tables
     def to_pandas(self) -> pd.DataFrame:
+        """A copy of :attr:`tidy`."""
+        return self.tidy.copy()
+
+    @cached_property
+    def tidy(self) -> pd.DataFrame:
         """The tidy score table, one row per head and metric; ``rank`` is the head's rank within its
         (method, metric) by the report's convention (1 = most important, ties share). Rows are sorted by
         rank, then method and metric, so ``.head()`` shows each series' best heads. Components that are
@@ -162,7 +163,7 @@ class Result:
         """The ``k`` most important heads of one series (the only method, or ``method=``), best first:
         head, value, stderr, rank and what the value says in words."""
         method, metric = self._pick(method, metric)
-        tidy = self.to_pandas()
+        tidy = self.tidy
         part = tidy[(tidy["method"] == method) & (tidy["metric"] == metric) & tidy["rank"].notna()].head(k).copy()
         mean = self.meaning(method, metric)
         part.insert(0, "head_id", [f"L{int(r.layer)}H{int(r.head)}" for r in part.itertuples()])

@@ -30,7 +30,7 @@ from headmine.pipeline.causal import run_causal
 from headmine.pipeline.factual import FactualConfig, run_factual
 from headmine.pipeline.gating import gate_model
 from headmine.pipeline.mine import mine as run_mine
-from headmine.pipeline.scan import ScanConfig, scan_model
+from headmine.pipeline.scan import ScanConfig, probe_sizes, scan_model
 
 ModelLike = LoadedModel | str
 
@@ -70,8 +70,7 @@ def scan(lm: ModelLike, *, detectors: list[str] | str | None = None, n: int | No
     ``n``: sequences per probe task (repeated tokens, natural text, IOI)."""
     names = [detectors] if isinstance(detectors, str) else detectors
     dets = resolve_detectors(names)
-    probe = {} if n is None else {t: {"n": n} for t in ("repeated_tokens", "natural_text", "ioi")}
-    config = ScanConfig(detectors=tuple(names) if names else None, probe_params=probe, batch_size=batch_size,
+    config = ScanConfig(detectors=tuple(names) if names else None, probe_params=probe_sizes(n), batch_size=batch_size,
                         seed=seed, causal=causal, top_k=top_k)
     job = scan_model(_model(lm), config)
     return _saved(Result(job, definitions={d.name: d.definition for d in dets}), atlas)

@@ -14,7 +14,7 @@ from headmine.catalog import resolve_head_type
 from headmine.cli.common import console, friendly_errors, load_with_status
 from headmine.core.errors import InputError
 from headmine.detectors import resolve_detectors
-from headmine.pipeline.scan import ScanConfig, scan_model
+from headmine.pipeline.scan import ScanConfig, probe_sizes, scan_model
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -41,8 +41,7 @@ def register(app: typer.Typer) -> None:
         """Run the head detectors (one capture pass per probe task) and print the top heads per type."""
         names = _split(detectors)
         resolve_detectors(names)  # unknown names fail before the model loads
-        probe_params = {} if n is None else {t: {"n": n} for t in ("repeated_tokens", "natural_text", "ioi")}
-        config = ScanConfig(detectors=tuple(names) if names else None, probe_params=probe_params,
+        config = ScanConfig(detectors=tuple(names) if names else None, probe_params=probe_sizes(n),
                             batch_size=batch_size, seed=seed, causal=causal, top_k=top_k)
         if atlas is not None:  # a bad atlas path fails before the (long) scan
             Atlas.open(atlas).close()

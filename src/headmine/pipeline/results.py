@@ -42,6 +42,15 @@ def verdict(check: CausalCheck | None) -> str:
             f"{check.topk_effect:+.3g} vs random {check.random_mean:+.3g})")
 
 
+SIZED_PROBES = ("repeated_tokens", "natural_text", "ioi")
+"""The probe tasks whose sequence count a user sets with one number (``headmine scan --n``, ``hm.scan(n=)``)."""
+
+
+def probe_sizes(n: int | None) -> dict[str, dict[str, int]]:
+    """``ScanConfig.probe_params`` giving each of :data:`SIZED_PROBES` ``n`` sequences (none when ``n`` is None)."""
+    return {} if n is None else {task: {"n": n} for task in SIZED_PROBES}
+
+
 @dataclass(frozen=True, kw_only=True)
 class ScanConfig:
     """What a scan runs.

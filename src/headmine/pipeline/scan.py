@@ -32,10 +32,10 @@ from headmine.models.loading import LoadedModel
 from headmine.pipeline.attention_examples import attention_examples, head_ids
 from headmine.pipeline.capture_plans import PassContext, decoding_steps, run_plan
 from headmine.pipeline.causal_check import check_declared_tasks, run_causal_checks
-from headmine.pipeline.results import CausalCheck, Progress, ScanConfig, ScanResult
+from headmine.pipeline.results import CausalCheck, Progress, ScanConfig, ScanResult, probe_sizes
 from headmine.tasks import PROBES, TokenBatch, load_probe
 
-__all__ = ["CausalCheck", "Progress", "ScanConfig", "ScanResult", "scan_model"]
+__all__ = ["CausalCheck", "Progress", "ScanConfig", "ScanResult", "probe_sizes", "scan_model"]
 
 
 def _build_probes(lm: LoadedModel, config: ScanConfig, tasks: list[str]) -> tuple[

@@ -135,7 +135,7 @@ def series_from(head_scores: pd.DataFrame, n_l: int, n_h: int,
                                     definition=(definitions or {}).get(str(method))),
             )
         )
-    out.sort(key=lambda s: (_kind_order(s.kind), s.kind, s.task or "", s.method, _metric_order(s.metric), s.metric))
+    out.sort(key=lambda s: (_kind_order(s.kind), s.kind, s.task or "", s.method, metric_order(s.metric), s.metric))
     for i, s in enumerate(out):
         s.key = f"s{i}"
         s.scale = scale_group(s)
@@ -275,7 +275,9 @@ def is_per_position(metric: str) -> bool:
     return "@pos" in metric
 
 
-def _metric_order(metric: str) -> int:
+def metric_order(metric: str) -> int:
+    """Where ``metric`` stands among a method's metrics: ``PRIMARY_METRICS`` order, unknown metrics after
+    them, per-position metrics last (the lowest is the method's primary metric)."""
     if is_per_position(metric):
         return len(PRIMARY_METRICS) + 1
     for i, p in enumerate(PRIMARY_METRICS):
@@ -291,7 +293,7 @@ def primary_series(series: list[Series]) -> list[Series]:
         if is_per_position(s.metric):
             continue
         cur = best.get(s.group)
-        if cur is None or _metric_order(s.metric) < _metric_order(cur.metric):
+        if cur is None or metric_order(s.metric) < metric_order(cur.metric):
             best[s.group] = s
     return [s for s in series if best.get(s.group) is s]
 
