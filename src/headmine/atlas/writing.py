@@ -157,6 +157,14 @@ class AtlasWriter(AtlasConnection):
                 )
         return run_id
 
+    def tag_group(self, group_id: str, key: str) -> int:
+        """Give every run of the session ``group_id`` the idempotency ``key`` (one transaction); return
+        how many runs were tagged. A batch job that writes several runs (``mine``) is keyed this way
+        once all of them are written, so a job that failed halfway is never taken as done."""
+        self._require_writable("tag runs")
+        with self._transaction() as conn:
+            return int(conn.execute("UPDATE runs SET key = ? WHERE group_id = ?", (key, group_id)).rowcount)
+
     @staticmethod
     def _score_values(run_id: int, row: ScoreRow) -> tuple[Any, ...]:
         if not isinstance(row, ScoreRow):

@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "headmine.cli.report",
     "headmine.cli.catalog",
     "headmine.cli.info",
+    "headmine.cli.batch",
+    "headmine.cli.atlas",
 ]
 
 for _module in COMMAND_MODULES:
