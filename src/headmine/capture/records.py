@@ -12,6 +12,7 @@ from headmine.core.errors import CaptureError
 from headmine.core.ids import HeadId, Site
 
 QueryPositions = None | str | tuple[int, ...] | torch.Tensor
+PATTERN_MODES = ("auto", "recompute", "eager")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +30,11 @@ class CaptureSpec:
         on_site: if given, called as ``on_site(site, layer, tensor)`` as each tensor is produced and
             nothing is stored: an on-the-fly reduction that never holds all layers at once.
         keep_logits: keep the model's logits in the record.
+        pattern_mode: how patterns are obtained. "auto": recomputed from q and k when the model runs a
+            fast kernel (SDPA...) and its adapter supports it, the eager weights when the model runs
+            eager, else the model is switched to eager for the capture; "recompute": always recomputed
+            (CaptureError if the family cannot); "eager": the eager kernel's weights (switching to it).
+        query_block: query rows per block of the recompute (None: sized to ~64 MiB of logits).
     """
 
     sites: frozenset[Site]
@@ -38,6 +44,8 @@ class CaptureSpec:
     detach: bool = True
     on_site: Callable[[Site, int, torch.Tensor], None] | None = field(default=None, compare=False)
     keep_logits: bool = True
+    pattern_mode: str = "auto"
+    query_block: int | None = None
 
     def __post_init__(self) -> None:
         sites = frozenset(Site(s) for s in self.sites)
@@ -46,6 +54,10 @@ class CaptureSpec:
             raise CaptureError("a CaptureSpec needs at least one site", f"choose from {[s.value for s in Site]}")
         if isinstance(self.query_positions, str) and self.query_positions != "last":
             raise CaptureError(f"query_positions={self.query_positions!r} is not understood", 'use None, "last", a tuple or a tensor')
+        if self.pattern_mode not in PATTERN_MODES:
+            raise CaptureError(f"pattern_mode={self.pattern_mode!r} is not understood", f"use one of {', '.join(PATTERN_MODES)}")
+        if self.query_block is not None and self.query_block < 1:
+            raise CaptureError(f"query_block={self.query_block} must be at least 1", "use None for an automatic size")
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,7 @@ class CaptureRecord:
     mlp_out: dict[int, torch.Tensor] = field(default_factory=dict)
     logits: torch.Tensor | None = None
     query_index: torch.Tensor | None = None
-    pattern_source: str = ""
+    pattern_source: str = ""  # "eager", "eager (switched from sdpa for this capture)" or "recomputed from q,k (sdpa forward)"
     meta: dict[str, Any] = field(default_factory=dict)
 
     def site(self, site: Site) -> dict[int, torch.Tensor]:

@@ -1,8 +1,11 @@
 """Run a model and record exactly the sites a ``CaptureSpec`` asks for.
 
-Patterns come from eager attention: HF attention modules return ``(attn_output, attn_weights)``
-and eager attention fills the weights. A model loaded with SDPA is switched to eager only while
-patterns are captured, and the record says so (``pattern_source``).
+Patterns: a model running a fast kernel (SDPA...) keeps it, and the requested pattern rows are
+recomputed from q and k after each attention module runs (``headmine.capture.patterns``), when its
+adapter supports it (``ModelAdapter.recomputes_patterns``). A model running eager attention returns
+its weights (``(attn_output, attn_weights)``), which are kept as they are. Otherwise (a family without
+the recompute, or ``CaptureSpec(pattern_mode="eager")``) the model is switched to eager only while
+patterns are captured. The record says which (``pattern_source``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, TypeVar
 import torch
 
 from headmine.capture.hooks import HookSpec, attention_implementation, hooks
+from headmine.capture.patterns import recompute_pattern
 from headmine.capture.records import CaptureRecord, CaptureSpec
 from headmine.core.errors import CaptureError
 from headmine.core.ids import Site
@@ -23,11 +27,29 @@ from headmine.models.loading import LoadedModel
 T = TypeVar("T")
 
 
+def pattern_plan(loaded: LoadedModel, spec: CaptureSpec) -> tuple[str, str]:
+    """How ``spec``'s patterns are obtained on ``loaded``: ("recompute" | "eager" | "switch", pattern_source)."""
+    implementation = attention_implementation_of(loaded.model)
+    can = loaded.adapter.recomputes_patterns
+    if spec.pattern_mode == "recompute" and not can:
+        raise CaptureError(
+            f"{type(loaded.adapter).__name__} cannot recompute patterns from q and k (recomputes_patterns is False)",
+            'use CaptureSpec(pattern_mode="auto") or "eager", or give the adapter attention_qk/attention_scoring '
+            "and check it in the conformance suite",
+        )
+    if spec.pattern_mode == "recompute" or (spec.pattern_mode == "auto" and implementation != "eager" and can):
+        return "recompute", f"recomputed from q,k ({implementation} forward)"
+    if implementation == "eager":
+        return "eager", "eager"
+    return "switch", f"eager (switched from {implementation} for this capture)"
+
+
 class _Collector:
     """Builds hook functions for one capture and holds what they record."""
 
-    def __init__(self, loaded: LoadedModel, spec: CaptureSpec, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        self.loaded, self.spec = loaded, spec
+    def __init__(self, loaded: LoadedModel, spec: CaptureSpec, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 recompute: bool = False):
+        self.loaded, self.spec, self.recompute, self.attention_mask = loaded, spec, recompute, attention_mask
         g = loaded.geometry
         default = g.n_layers + 1 if Site.RESID in spec.sites else g.n_layers  # resid also after the last layer
         layers = spec.layers if spec.layers is not None else tuple(range(default))
@@ -93,7 +115,8 @@ class _Collector:
                 continue
             head_idx = torch.tensor(heads)
             if Site.PATTERN in sites:
-                out.append(HookSpec(a.attention(layer), "forward", self._pattern_hook(layer, head_idx)))
+                hook = self._recompute_hook if self.recompute else self._pattern_hook
+                out.append(HookSpec(a.attention(layer), "forward", hook(layer, head_idx)))
             if Site.Z in sites or Site.RESULT in sites:
                 out.append(HookSpec(a.out_proj(layer), "pre", self._z_hook(layer, head_idx)))
             qkv_sites = sites & {Site.Q, Site.K, Site.V}
@@ -127,6 +150,23 @@ class _Collector:
                 )
             w = weights if all_heads else weights.index_select(1, head_idx.to(weights.device))
             self._keep(Site.PATTERN, layer, self._select_q(w, 2))
+
+        return fn
+
+    def _recompute_hook(self, layer: int, head_idx: torch.Tensor) -> Callable[..., None]:
+        """After the attention module ran: its pattern rows for ``head_idx`` recomputed from q and k."""
+        adapter = self.loaded.adapter
+        scoring = adapter.attention_scoring(layer)
+
+        def fn(module, args, kwargs, output):
+            with torch.no_grad() if self.spec.detach else torch.enable_grad():
+                inputs = adapter.attention_inputs(layer, args, kwargs)
+                q, k = adapter.attention_qk(layer, inputs)
+                pattern = recompute_pattern(
+                    q, k, scoring, heads=head_idx, query_index=self.query_index,
+                    layer_mask=inputs.get("attention_mask"), key_mask=self.attention_mask, q_block=self.spec.query_block,
+                )
+            self._keep(Site.PATTERN, layer, pattern)
 
         return fn
 
@@ -183,13 +223,12 @@ def capturing(
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    collector = _Collector(loaded, spec, input_ids, attention_mask)
+    mode, source = pattern_plan(loaded, spec) if Site.PATTERN in spec.sites else ("", "")
+    collector = _Collector(loaded, spec, input_ids, attention_mask, recompute=mode == "recompute")
     box: dict[str, Any] = {}
     with ExitStack() as stack:
-        source = attention_implementation_of(loaded.model)
-        if Site.PATTERN in spec.sites and source != "eager":
+        if mode == "switch":
             stack.enter_context(attention_implementation(loaded.model, "eager"))
-            source = f"eager (switched from {source} for this capture)"
         stack.enter_context(hooks(collector.hook_specs()))
         yield box
     s = collector.store
@@ -197,7 +236,7 @@ def capturing(
         input_ids=input_ids, attention_mask=attention_mask, heads=collector.heads,
         pattern=s[Site.PATTERN], q=s[Site.Q], k=s[Site.K], v=s[Site.V], z=s[Site.Z], result=s[Site.RESULT],
         resid=s[Site.RESID], attn_out=s[Site.ATTN_OUT], mlp_out=s[Site.MLP_OUT],
-        query_index=collector.query_index, pattern_source=source if Site.PATTERN in spec.sites else "",
+        query_index=collector.query_index, pattern_source=source,
     )
 
 

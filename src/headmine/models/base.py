@@ -15,7 +15,9 @@ scaling are applied by the model after these projections.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -67,6 +69,20 @@ class HeadGeometry:
             )
 
 
+@dataclass(frozen=True, kw_only=True)
+class AttentionScoring:
+    """How one layer turns its post-RoPE q and k into attention logits, as its eager kernel does:
+    ``logits = softcap * tanh(q k^T * scaling / softcap)`` (without the cap when ``softcap`` is None),
+    then the mask: causal (``causal``) or bidirectional, keys within the last ``window`` positions
+    (sliding-window layers: key ``j`` is seen by query ``i`` when ``i - window < j <= i``) and the
+    padding mask. The pattern recompute (``headmine.capture.patterns``) reads this from the adapter."""
+
+    scaling: float
+    causal: bool
+    window: int | None = None
+    softcap: float | None = None
+
+
 # (module, function mapping that module's output to [batch, pos, n, d_head])
 QKVHookPoint = tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -116,6 +132,9 @@ class ModelAdapter:
     attn_norm_name: ClassVar[str | None] = "input_layernorm"  # under a layer, in front of attention; None: post-norm
     attn_post_norm_name: ClassVar[str | None] = None  # under a layer: norm on attention's output before the add
     mlp_post_norm_name: ClassVar[str | None] = None  # under a layer: norm on the MLP's output before the add
+    # patterns under SDPA: True once the family's ``attention_qk`` / ``attention_scoring`` are checked against
+    # eager patterns in the conformance suite; other families (plugins) fall back to eager pattern capture
+    recomputes_patterns: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -185,6 +204,57 @@ class ModelAdapter:
         for site, name, n in zip((Site.Q, Site.K, Site.V), self.qkv_names, (g.n_heads, g.n_kv_heads, g.n_kv_heads), strict=False):
             out[site] = (_get(attn, name), split(n))
         return out
+
+    # ---- attention as its kernel sees it (pattern recompute) ---------------------------------
+    def attention_inputs(self, layer: int, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The attention module's forward arguments by name (``hidden_states``, ``position_embeddings``,
+        ``attention_mask``...), whether the decoder layer passed them by position or by keyword."""
+        signature = inspect.signature(self.attention(layer).forward)
+        bound = dict(signature.bind_partial(*args, **kwargs).arguments)
+        extra: dict[str, Any] = {}
+        for name in list(bound):
+            if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                extra = bound.pop(name)
+        return {**extra, **bound}
+
+    def attention_scoring(self, layer: int) -> AttentionScoring:
+        """Scaling, causality, sliding window and logit soft-cap of ``layer``, read from its attention
+        module (transformers 5.x sets ``scaling``, ``is_causal`` and ``sliding_window`` on it)."""
+        attn: Any = self.attention(layer)
+        window = getattr(attn, "sliding_window", None)
+        return AttentionScoring(scaling=float(attn.scaling), causal=bool(getattr(attn, "is_causal", self.is_causal)),
+                                window=int(window) if window else None)
+
+    def attention_qk(self, layer: int, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """q ``[batch, n_heads, pos, d_head]`` and k ``[batch, n_kv_heads, pos, d_head]`` exactly as
+        ``layer``'s attention kernel receives them (after q/k norms and RoPE), recomputed from the
+        module's forward ``inputs`` (``attention_inputs``) with the module's own projections, its
+        ``q_norm``/``k_norm`` if it has them (Gemma 3, Qwen 3) and the rotary function of its
+        modeling file when the layer is given ``position_embeddings``."""
+        attn = self.attention(layer)
+        q, k = self._qk_heads(layer, inputs["hidden_states"])  # [batch, pos, n, d_head]
+        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        if q_norm is not None and k_norm is not None:
+            q, k = q_norm(q), k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        rope = inputs.get("position_embeddings")
+        if rope is not None:
+            cos, sin = rope
+            q, k = rotary_function(attn)(q, k, cos, sin)
+        return q, k
+
+    def _qk_heads(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k per head ``[batch, pos, n, d_head]`` before norms and RoPE, through the q/k hook points
+        (a fused projection runs once)."""
+        points = self.qkv_hook_points(layer)
+        outputs: dict[int, torch.Tensor] = {}
+        per_site = []
+        for site in (Site.Q, Site.K):
+            module, split = points[site]
+            if id(module) not in outputs:
+                outputs[id(module)] = module(hidden)
+            per_site.append(split(outputs[id(module)]))
+        return per_site[0], per_site[1]
 
     # ---- weights ----------------------------------------------------------------------------
     def _linear_in_heads(self, linear: nn.Module, n: int) -> torch.Tensor:
@@ -282,6 +352,18 @@ class ModelAdapter:
         """Expand a [kv_head, ...] tensor to [head, ...] with the model's GQA mapping."""
         index = torch.tensor([self.geometry.kv_head_of(h) for h in range(self.geometry.n_heads)])
         return w_kv[index.to(w_kv.device)]
+
+
+def rotary_function(attn: nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """``apply_rotary_pos_emb`` of the modeling file that defines ``attn`` (the family's own RoPE, e.g.
+    GPT-NeoX's partial rotation)."""
+    fn = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+    if fn is None:
+        raise UnsupportedModelError(
+            f"{type(attn).__name__} is given rotary embeddings but its module defines no apply_rotary_pos_emb",
+            "capture patterns with eager attention (CaptureSpec(pattern_mode='eager'))",
+        )
+    return cast(Callable[..., tuple[torch.Tensor, torch.Tensor]], fn)
 
 
 ADAPTERS: Registry[type[ModelAdapter]] = Registry("model family", UnsupportedModelError, plugin_group="headmine.models")

@@ -21,3 +21,4 @@ class BertAdapter(ModelAdapter):
     norm_kind = "layer"
     norm_eps_attr = "eps"
     attn_norm_name = None  # post-norm: attention reads the previous block's normed output
+    recomputes_patterns = True  # bidirectional (the module's is_causal is False) + padding mask

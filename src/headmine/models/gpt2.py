@@ -19,6 +19,7 @@ class GPT2Adapter(ModelAdapter):
     norm_kind = "layer"
     norm_eps_attr = "eps"
     attn_norm_name = "ln_1"
+    recomputes_patterns = True  # q, k from c_attn through qkv_hook_points; no RoPE; scaling from the module
 
     def _qkv_weight(self, layer: int, which: int) -> torch.Tensor:
         g = self.geometry

@@ -17,6 +17,7 @@ class GPTNeoXAdapter(ModelAdapter):
     qkv_names = None
     norm_kind = "layer"
     norm_eps_attr = "eps"
+    recomputes_patterns = True  # q, k from the fused projection; the family's partial RoPE
 
     def _qkv_weight(self, layer: int, which: int) -> torch.Tensor:
         g = self.geometry

@@ -5,9 +5,13 @@ norm (its ``final_layer_norm`` is None). Its ``project_out`` (hidden -> word_emb
 the unembedding is not modelled here.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
+import torch
 from torch import nn
 
-from headmine.models.base import ModelAdapter, register_adapter
+from headmine.models.base import AttentionScoring, ModelAdapter, register_adapter
 
 
 @register_adapter
@@ -22,6 +26,16 @@ class OPTAdapter(ModelAdapter):
     norm_kind = "layer"
     norm_eps_attr = "eps"
     attn_norm_name = "self_attn_layer_norm"
+    recomputes_patterns = True
+
+    def attention_qk(self, layer: int, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """OPT scales q by 1/sqrt(d_head) before the kernel (which then uses scaling 1.0): the same order here."""
+        q, k = super().attention_qk(layer, inputs)
+        attn: Any = self.attention(layer)
+        return q * float(attn.scaling), k
+
+    def attention_scoring(self, layer: int) -> AttentionScoring:
+        return AttentionScoring(scaling=1.0, causal=True)
 
     def attn_norm(self, layer: int) -> nn.Module | None:
         return super().attn_norm(layer) if getattr(self.config, "do_layer_norm_before", True) else None

@@ -5,7 +5,7 @@ The same checks back `headmine doctor MODEL` and the adapter conformance suite.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -121,9 +121,22 @@ def check_gqa_mapping(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) ->
     return CheckResult("GQA mapping matches the model's repeat_kv", worst < 1e-4, worst, "max |z - pattern @ v[kv_head_of(h)]|")
 
 
+def check_pattern_recompute(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> CheckResult:
+    """Patterns recomputed from q and k (what a capture under SDPA returns) equal the eager kernel's."""
+    name = "patterns recomputed from q,k equal eager attention's"
+    if not lm.adapter.recomputes_patterns:
+        return CheckResult(name, True, 0.0, "not supported by this adapter: patterns are captured with eager attention")
+    spec = CaptureSpec(sites=frozenset({Site.PATTERN}), keep_logits=False)
+    eager = run_capture(lm, replace(spec, pattern_mode="eager"), ids, mask)
+    recomputed = run_capture(lm, replace(spec, pattern_mode="recompute"), ids, mask)
+    worst = max((eager.pattern[layer].float() - recomputed.pattern[layer].float()).abs().max().item() for layer in eager.pattern)
+    tolerance = 1e-5 if eager.pattern[0].dtype == torch.float32 else 2e-2
+    return CheckResult(name, worst <= tolerance, worst, f"max |recomputed - eager| (tolerance {tolerance:g})")
+
+
 def run_checks(lm: LoadedModel) -> list[CheckResult]:
     """All self-checks on a small random-token batch."""
     ids, mask = _probe_batch(lm)
     checks = [check_gate_identity, check_hooks_removed, check_zero_equals_weight_surgery,
-              check_results_sum, check_patterns, check_gqa_mapping]
+              check_results_sum, check_patterns, check_gqa_mapping, check_pattern_recompute]
     return [check(lm, ids, mask) for check in checks]
