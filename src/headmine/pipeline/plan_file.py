@@ -361,13 +361,14 @@ def _matrix_jobs(check: _Checker, table: Any, defaults: dict[str, Any], where: s
         if not options:
             raise check.fail(f"{where}.{key}", "an empty list")
         values = [{**v, key: check.setting(key, o, where)} for v in values for o in options]
-    out = []
+    out: dict[str, Job] = {}  # a kind that does not read a swept setting gives one job, not one per value
     for model in models:
         for spec in specs:
             for v in values:
-                out.append(_make_job(check, model, spec, _merge_settings(defaults, {**own, **v}),
-                                     f"{where} ({model} x {spec})", strict=set()))
-    return out
+                job = _make_job(check, model, spec, _merge_settings(defaults, {**own, **v}),
+                                f"{where} ({model} x {spec})", strict=set())
+                out.setdefault(job.key, job)
+    return list(out.values())
 
 
 def parse_plan(text: str, path: str | Path = "plan.toml") -> Plan:
