@@ -5,3 +5,4 @@ from headmine.capture.records import CaptureSpec as CaptureSpec
 from headmine.capture.run import capture_reduce as capture_reduce
 from headmine.capture.run import capturing as capturing
 from headmine.capture.run import run_capture as run_capture
+from headmine.capture.run import stream_pattern_layers as stream_pattern_layers

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import torch
@@ -255,6 +256,31 @@ def run_capture(
         logits = out.logits if hasattr(out, "logits") else out.last_hidden_state
         object.__setattr__(record, "logits", logits if not spec.detach else logits.detach())
     return record
+
+
+def stream_pattern_layers(
+    loaded: LoadedModel,
+    spec: CaptureSpec,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    on_layer: Callable[[int, CaptureRecord], None],
+) -> None:
+    """One forward pass; ``on_layer(layer, record)`` gets each layer's pattern as soon as it is computed,
+    in a record holding that layer only (for the detectors, which score the layers a record holds), and
+    nothing is kept: one layer's pattern rows are alive at a time, not all layers'."""
+    if spec.sites != {Site.PATTERN}:
+        raise CaptureError("stream_pattern_layers streams patterns only", "capture other sites with run_capture")
+    loaded.check_length(input_ids.shape[-1])
+    input_ids = input_ids.to(loaded.device)
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(loaded.device)
+    layout = _Collector(loaded, spec, input_ids, attention_mask)
+    source = pattern_plan(loaded, spec)[1]
+
+    def emit(site: Site, layer: int, pattern: torch.Tensor) -> None:
+        on_layer(layer, CaptureRecord(input_ids=input_ids, attention_mask=attention_mask, heads=layout.heads,
+                                      pattern={layer: pattern}, query_index=layout.query_index, pattern_source=source))
+
+    run_capture(loaded, replace(spec, on_site=emit, keep_logits=False), input_ids, attention_mask)
 
 
 def capture_reduce(

@@ -3,8 +3,12 @@
 ``capture_spec`` builds the ``CaptureSpec`` of a plan; ``run_plan`` runs the one pass a plan asks
 for and feeds every record to the detectors reading the task:
 
-- ``plain_pass``: one forward per batch through ``capture_reduce`` (only one batch of activations
-  is ever alive);
+- ``plain_pass``: one forward per batch (only one batch of activations is ever alive). When every
+  detector of the pass reads patterns only, each layer's pattern is scored as soon as it is computed
+  and dropped (one layer alive, not all); on sequences longer than ``MAX_QUERY_ROWS`` an all-rows
+  plan scores ``MAX_QUERY_ROWS`` evenly spaced query rows (the last one included): the detectors'
+  means over query rows become means over those rows, and the stored rows grow linearly with the
+  context instead of quadratically (with the SDPA recompute, so does the whole capture);
 - ``per_row_query_pass``: one query row per prompt, its position read from the batch metadata
   (IOI's END row);
 - ``decoding_pass``: greedy decoding, each step capturing the newest row; a prompt's per-step
@@ -19,7 +23,7 @@ from typing import Any
 
 import torch
 
-from headmine.capture import CaptureRecord, CaptureSpec, capture_reduce, run_capture
+from headmine.capture import CaptureRecord, CaptureSpec, capture_reduce, run_capture, stream_pattern_layers
 from headmine.core.ids import Site
 from headmine.detectors import BatchScores, Detector, ScoreAccumulator
 from headmine.detectors.base import empty_scores
@@ -30,6 +34,19 @@ from headmine.tasks import CapturePlan, TokenBatch
 
 WIDE_BATCH = 512
 """Rows per forward for plans whose rows are one or two tokens long (``CapturePlan.wide``)."""
+
+MAX_QUERY_ROWS = 512
+"""Query rows an all-rows plan scores per sequence: every row up to this length, evenly spaced rows
+beyond it (every default probe is shorter; long-context probes are not)."""
+
+
+def sampled_query_rows(n_tokens: int, max_rows: int | None = None) -> tuple[int, ...] | None:
+    """None (every row) for sequences of at most ``max_rows`` (default ``MAX_QUERY_ROWS``) tokens, else
+    ``max_rows`` evenly spaced positions from 0 to the last one."""
+    max_rows = MAX_QUERY_ROWS if max_rows is None else max_rows
+    if n_tokens <= max_rows:
+        return None
+    return tuple(torch.linspace(0, n_tokens - 1, max_rows).round().long().unique().tolist())
 
 
 def capture_spec(plan: CapturePlan, sites: Iterable[Site]) -> CaptureSpec:
@@ -82,8 +99,43 @@ class PassContext:
             self.progress(self.stage, done, total)
 
 
+def _merge_layers(parts: list[tuple[int, BatchScores]]) -> BatchScores:
+    """One BatchScores from per-layer ones: layer l's cells from the part scored on layer l alone."""
+    values = parts[0][1].values.clone()
+    mass = None if parts[0][1].non_first_mass is None else parts[0][1].non_first_mass.clone()
+    for layer, part in parts:
+        values[:, layer] = part.values[:, layer]
+        if mass is not None and part.non_first_mass is not None:
+            mass[:, layer] = part.non_first_mass[:, layer]
+    return BatchScores(values, non_first_mass=mass)
+
+
+def _layer_streamed_capture(ctx: PassContext, spec: CaptureSpec, ids: torch.Tensor, mask: torch.Tensor,
+                            meta: Mapping[str, Any]) -> int:
+    """One forward; each layer's pattern is scored by every detector as it is produced, then dropped."""
+    parts: dict[str, list[tuple[int, BatchScores]]] = {d.name: [] for d in ctx.detectors}
+
+    def score_layer(layer: int, record: CaptureRecord) -> None:
+        for d in ctx.detectors:
+            parts[d.name].append((layer, d.score(record, meta, ctx.weights)))
+
+    stream_pattern_layers(ctx.lm, spec, ids, mask, score_layer)
+    for d in ctx.detectors:
+        ctx.accumulators[d.name].add(_merge_layers(parts[d.name]))
+    return int(ids.shape[0])
+
+
 def plain_pass(ctx: PassContext, spec: CaptureSpec, probe: TokenBatch, batch_size: int) -> None:
-    """One forward per batch of ``batch_size`` sequences, reduced on the fly."""
+    """One forward per batch of ``batch_size`` sequences, reduced on the fly (layer by layer when the
+    detectors read patterns only); long sequences score ``MAX_QUERY_ROWS`` evenly spaced rows."""
+    if spec.query_positions is None:
+        spec = replace(spec, query_positions=sampled_query_rows(int(probe.input_ids.shape[1])))
+    done = 0
+    if spec.sites == {Site.PATTERN} and not spec.keep_logits:
+        for sub in probe.split(batch_size):
+            done += _layer_streamed_capture(ctx, spec, sub.input_ids, sub.attention_mask, {**sub.meta, **ctx.base_meta})
+            ctx.report(done, len(probe))
+        return
     metas: list[dict[str, Any]] = []
 
     def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -91,7 +143,6 @@ def plain_pass(ctx: PassContext, spec: CaptureSpec, probe: TokenBatch, batch_siz
             metas.append({**sub.meta, **ctx.base_meta})
             yield sub.input_ids, sub.attention_mask
 
-    done = 0
     for n_done in capture_reduce(ctx.lm, spec, pairs(), lambda record: ctx.score(record, metas[-1])):
         done += n_done
         ctx.report(done, len(probe))

@@ -24,7 +24,10 @@ from typing import Any
 import pandas as pd
 
 from headmine.atlas import utc_now
+from headmine.capture import CaptureSpec
+from headmine.capture.run import pattern_plan
 from headmine.core.errors import InputError, TaskError
+from headmine.core.ids import Site
 from headmine.core.tables import SCORE_COLUMNS
 from headmine.detectors import Detector, ScoreAccumulator, resolve_detectors
 from headmine.detectors.weights import circuit_weights
@@ -58,6 +61,12 @@ def _build_probes(lm: LoadedModel, config: ScanConfig, tasks: list[str]) -> tupl
             not_applicable[task] = exc.problem  # default scan: run what this tokenizer supports
             probes.pop(task, None)
     return probes, params, not_applicable
+
+
+def pattern_source(lm: LoadedModel) -> str:
+    """How this scan's captures get patterns on ``lm``: "recomputed from q,k (sdpa forward)", "eager", or
+    "eager (switched from ... for this capture)" (``headmine.capture.run.pattern_plan``)."""
+    return pattern_plan(lm, CaptureSpec(sites=frozenset({Site.PATTERN})))[1]
 
 
 def scan_model(lm: LoadedModel, config: ScanConfig | None = None, *, progress: Progress | None = None) -> ScanResult:
@@ -94,7 +103,8 @@ def scan_model(lm: LoadedModel, config: ScanConfig | None = None, *, progress: P
     scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
     texts = ({task: [lm.tokenizer.decode(list(ids)) for ids in rows] for task, rows in inputs.items()}
              if lm.tokenizer is not None else {})  # the report shows each input as text next to its ids
-    result = ScanResult(model=lm.name, model_info=lm.model_info(), config=config, detectors=detectors,
+    model_info = {**lm.model_info(), "pattern_source": pattern_source(lm)}  # how every pattern of this scan was made
+    result = ScanResult(model=lm.name, model_info=model_info, config=config, detectors=detectors,
                         scores=scores, causal={}, inputs=inputs, probe_params=probe_params, timings=timings,
                         input_texts=texts, started_at=started,
                         notes=[f"probe {task!r} skipped: {why}" for task, why in not_applicable.items()])

@@ -43,6 +43,10 @@ def needle(
     the seed: unknowable to the model). The prompt ends with "...\\nAnswer: The secret code of the
     {adjective} {noun} is" so the answer continues the prompt.
 
+    Long contexts (1K-8K tokens and more): the haystack cycles through the corpus (about 4,400 SmolLM2
+    tokens, so an 8K haystack repeats its sentences about twice; up to 10 cycles), from a random start
+    sentence per needle. Only the needle is new; a repeated sentence is filler the question never asks.
+
     Meta: ``needle_span`` [B, 2] (token span of the needle sentence), ``answer_span`` [B, 2] (the
     answer's tokens inside the needle), ``answer_ids`` list of tuples (those token ids, what a
     retrieval head copies), ``answer`` list[str], ``depth`` list[float], ``context_length`` [B]
