@@ -137,3 +137,13 @@ def test_cli_rejects_a_bad_plan_before_anything_runs(tmp_path: Path) -> None:
     text = " ".join(out.output.split())
     assert "unknown detector 'nope'" in text and "plan.toml" in text and "Traceback" not in out.output
     assert not atlas.parent.exists()  # nothing was created
+
+
+def test_the_readme_plan_is_a_valid_plan() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Many jobs", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    plan = parse_plan(block, "README.md")
+    assert len(plan.jobs) == 2 * 2 + 1
+    gpu = plan.jobs[-1]
+    assert (gpu.device, gpu.dtype, gpu.settings["options"]) == ("cuda", "bfloat16", {"mode": "mean"})
+    assert gpu.resources.ray_options() == {"num_cpus": 1.0, "num_gpus": 1.0, "memory": 4 * 1024**3}
