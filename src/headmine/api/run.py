@@ -34,18 +34,12 @@ from headmine.pipeline.scan import ScanConfig, probe_sizes, scan_model
 
 ModelLike = LoadedModel | str
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
-
 
 def load(model: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str | torch.dtype = "float32",
          trust_remote_code: bool = False, revision: str | None = None) -> LoadedModel:
     """Load a model: an embedded name (``"smollm2"``, ``"toy-induction"``, ...), a ``.gguf`` file, a
-    model folder or a hub id. ``dtype``: float32, bfloat16 or float16 (or a torch dtype)."""
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise InputError(f"unknown dtype {dtype!r}", f"use one of {', '.join(_DTYPES)}")
-        dtype = _DTYPES[dtype]
+    model folder or a hub id. ``device``: cpu, cuda, cuda:N or auto (accelerate spreads the layers
+    over the GPUs); ``dtype``: float32, bfloat16 or float16 (or a torch dtype)."""
     return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision)
 
 

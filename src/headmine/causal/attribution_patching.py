@@ -68,7 +68,8 @@ def z_gradients(
     """
     g = loaded.geometry
     r, t = input_ids.shape
-    deltas = {layer: torch.zeros(r, t, g.n_heads, g.d_head, requires_grad=True, device=loaded.device)
+    # float32 deltas on each layer's own device: the gradient of a bf16 run lands here in float32
+    deltas = {layer: torch.zeros(r, t, g.n_heads, g.d_head, requires_grad=True, device=loaded.layer_device(layer))
               for layer in range(g.n_layers)}
     spec = CaptureSpec(sites=frozenset({Site.Z}), keep_logits=False)
     extra = [] if embeddings is None else [HookSpec(loaded.adapter.embedding(), "forward", _embedding_override(embeddings))]
@@ -122,9 +123,10 @@ def attribution_patching(
         baseline = vals[-b:]
     shape = (g.n_layers, g.n_heads, t, b) if per_position else (g.n_layers, g.n_heads, b)
     out = torch.empty(shape)
-    real = clean_mask.to(loaded.device)[:, :, None, None].to(z[0].dtype)
+    real = clean_mask[:, :, None, None].to(torch.float32)
     for layer in range(g.n_layers):
-        contrib = ((corr.z[layer].to(z[layer].dtype) - z[layer]) * grads[layer] * real).sum(-1)
+        zl = z[layer].float()  # products and sums in float32 whatever the model's dtype
+        contrib = ((corr.z[layer].to(zl.device, torch.float32) - zl) * grads[layer].float() * real.to(zl.device)).sum(-1)
         # contrib [B, T, H]
         out[layer] = (contrib.permute(2, 1, 0) if per_position else contrib.sum(1).T).cpu()
     method = "attribution" if ig_steps == 0 else f"attribution_ig{ig_steps}"

@@ -125,33 +125,35 @@ def direct_logit_attribution(
     resid_final = rec.resid[g.n_layers][:, 0]
     frozen = freeze_final_norm(loaded, resid_final)
     u = metric.direction(a.W_U().float())  # [B, D]
+    out = u.device  # every contribution is read out where the unembedding lives (the last device)
 
     def dla(c: torch.Tensor) -> torch.Tensor:  # c [B, ..., D] -> [B, ...]
+        c = c.to(out)
         lin = c.float() if frozen is None else frozen(c)
         return (lin * u.view(b, *([1] * (c.dim() - 2)), -1)).sum(-1)
 
     heads = torch.empty(g.n_layers, g.n_heads, b)
     mlp = torch.zeros(g.n_layers, b)
     bias = torch.zeros(g.n_layers, b)
-    parts = rec.resid[0][:, 0].float().clone()
+    parts = rec.resid[0][:, 0].float().to(out)
     embed = dla(rec.resid[0][:, 0]).cpu()
     for layer in range(g.n_layers):
         result = torch.einsum("bhd,hdm->bhm", rec.z[layer][:, 0].float(), a.W_O(layer).float())
         heads[layer] = dla(result).T.cpu()
         b_o = a.b_O(layer)
-        parts = parts + result.sum(1)
+        parts = parts + result.sum(1).to(out)
         if b_o is not None:
             bias[layer] = dla(b_o.float().expand(b, -1)).cpu()
-            parts = parts + b_o.float()
+            parts = parts + b_o.float().to(out)
         if has_mlp:
             m_out = rec.mlp_out[layer][:, 0].float()
         else:  # no MLP module exposed (OPT): the block's remainder after attention
             m_out = (rec.resid[layer + 1][:, 0] - rec.resid[layer][:, 0] - rec.attn_out[layer][:, 0]).float()
         mlp[layer] = dla(m_out).cpu()
-        parts = parts + m_out
+        parts = parts + m_out.to(out)
     assert rec.logits is not None
     total = metric(rec.logits).cpu()
-    rest = dla(resid_final.float() - parts)  # structural leftover: ~0 unless the blocks have post-norms
+    rest = dla(resid_final.float().to(out) - parts)  # structural leftover: ~0 unless the blocks have post-norms
     if frozen is not None and frozen.bias is not None:
         rest = rest + (frozen.bias * u).sum(-1)
     u_bias = a.unembed_bias()

@@ -171,7 +171,7 @@ class Gate(Intervention):
         return set(range(self.factors.shape[-2]))
 
     def apply(self, layer: int, z: torch.Tensor) -> torch.Tensor:
-        f = self.factors[..., layer, :].to(z.dtype)
+        f = self.factors[..., layer, :].to(z.device, z.dtype)  # the layer's own device (layers may be spread)
         if f.dim() == 1:
             return z * f[None, None, :, None]
         if f.shape[0] != z.shape[0]:

@@ -17,7 +17,7 @@ from rich.table import Table
 from headmine.atlas import write_job
 from headmine.causal.logit_lens import LensResult
 from headmine.causal.methods import METHODS, CausalMethod, MethodConfig, get_method
-from headmine.cli.common import console, friendly_errors, load_with_status
+from headmine.cli.common import Device, Dtype, TrustRemoteCode, console, friendly_errors, load_with_status
 from headmine.core.errors import InputError
 from headmine.pipeline.causal import CausalRun, run_causal
 from headmine.report.heatmap import write_heatmap_html
@@ -99,12 +99,17 @@ def _config(method: CausalMethod[Any], options: dict[str, Any]) -> MethodConfig:
     return method.config(**{k: v for k, v in options.items() if k in declared and v is not None})
 
 
-def _run(model: str, method_name: str, **options: Any) -> CausalRun:
+def _run(model: str, method_name: str, load: dict[str, Any], **options: Any) -> CausalRun:
+    """Run one causal method; ``load`` holds the model-loading options (device, dtype, trust_remote_code)."""
     method = get_method(method_name)
     config = _config(method, options)  # validate before the (slow) model load
-    lm = load_with_status(model)
+    lm = load_with_status(model, **load)
     with console.status(f"{method.name} on {config.task}"):
         return run_causal(lm, config, method=method)
+
+
+def _load(device: str, dtype: str, trust_remote_code: bool) -> dict[str, Any]:
+    return {"device": device, "dtype": dtype, "trust_remote_code": trust_remote_code}
 
 
 def parse_settings(pairs: list[str], method: CausalMethod[Any]) -> dict[str, Any]:
@@ -142,6 +147,7 @@ def register(app: typer.Typer) -> None:
     def method_command(
         name: str = typer.Argument(..., help="registered causal method (plugins included)"),
         model: str = typer.Argument(..., help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
         task: str = typer.Option(..., "--task", "-t", help=TASK_HELP),
         n: int = typer.Option(32, help="number of prompts (JSONL: the first n lines)"),
         seed: int = typer.Option(0),
@@ -153,7 +159,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run any registered causal method by name (list them with `headmine methods`)."""
         method = get_method(name)
-        run = _run(model, method.name, task=task, n=n, seed=seed, metric=metric, **parse_settings(setting, method))
+        run = _run(model, method.name, _load(device, dtype, trust_remote_code), task=task, n=n, seed=seed, metric=metric, **parse_settings(setting, method))
         _finish(run, atlas, html, top, f"{method.name}, {task}: {run.inputs.metric.kind}")
 
     @app.command("methods")
@@ -172,6 +178,7 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def ablate(
         model: str = typer.Argument(..., help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
         task: str = typer.Option(..., "--task", "-t", help=TASK_HELP),
         mode: str = typer.Option("zero", help="zero | mean | resample"),
         reference: str = typer.Option("self", help="mean/resample reference: self (the prompts) or corrupted"),
@@ -183,13 +190,14 @@ def register(app: typer.Typer) -> None:
         top: int = typer.Option(10, help="heads to list"),
     ) -> None:
         """Ablate every head in turn (exact fast sweep) and show the metric change per head."""
-        run = _run(model, "ablation", task=task, mode=mode, reference=reference, n=n, seed=seed, metric=metric)
+        run = _run(model, "ablation", _load(device, dtype, trust_remote_code), task=task, mode=mode, reference=reference, n=n, seed=seed, metric=metric)
         _finish(run, atlas, html, top, f"{mode} ablation, {task}: change of {run.inputs.metric.kind}")
 
     @app.command()
     @friendly_errors
     def patch(
         model: str = typer.Argument(..., help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
         task: str = typer.Option(..., "--task", "-t", help=TASK_HELP),
         per_position: bool = typer.Option(False, "--per-position", help="patch one position at a time"),
         direction: str = typer.Option("noising", help="noising (clean run, corrupted z) | denoising"),
@@ -202,7 +210,7 @@ def register(app: typer.Typer) -> None:
         top: int = typer.Option(10),
     ) -> None:
         """Activation patching per head (or path patching with --path-to) between clean and corrupted prompts."""
-        run = _run(model, "path_patching" if path_to else "patching", task=task, per_position=per_position,
+        run = _run(model, "path_patching" if path_to else "patching", _load(device, dtype, trust_remote_code), task=task, per_position=per_position,
                    direction=direction, receivers=path_to, receiver_input=receiver_input, n=n, seed=seed, metric=metric)
         if path_to:
             title = f"path patching -> {path_to}, {task}"
@@ -214,6 +222,7 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def attribute(
         model: str = typer.Argument(..., help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
         task: str = typer.Option(..., "--task", "-t", help=TASK_HELP),
         ig_steps: int = typer.Option(0, "--ig-steps", help="0: attribution patching; N: integrated gradients with N steps"),
         dla: bool = typer.Option(False, "--dla", help="direct logit attribution instead (no corruption needed)"),
@@ -224,7 +233,7 @@ def register(app: typer.Typer) -> None:
         top: int = typer.Option(10),
     ) -> None:
         """Attribution patching for all heads in one forward/backward (or --dla: direct logit attribution)."""
-        run = _run(model, "dla" if dla else "attribution", task=task, ig_steps=ig_steps, n=n, seed=seed, metric=metric)
+        run = _run(model, "dla" if dla else "attribution", _load(device, dtype, trust_remote_code), task=task, ig_steps=ig_steps, n=n, seed=seed, metric=metric)
         if dla:
             title = f"direct logit attribution, {task}"
         else:
@@ -235,13 +244,14 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def lens(
         model: str = typer.Argument(..., help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
         task: str = typer.Option(..., "--task", "-t", help=TASK_HELP),
         n: int = typer.Option(32), seed: int = typer.Option(0),
         metric: str = typer.Option(None, help="logit_diff | logit | answer_logprob | prob"),
         atlas: str = typer.Option(None, help="write the run into this atlas file"),
     ) -> None:
         """Logit lens: the answer's probability and rank after every layer."""
-        run = _run(model, "logit_lens", task=task, n=n, seed=seed, metric=metric)
+        run = _run(model, "logit_lens", _load(device, dtype, trust_remote_code), task=task, n=n, seed=seed, metric=metric)
         title = f"logit lens, {task}"
         console.print(_lens_table(cast(LensResult, run.result), run.inputs.metric.kind, title))
         _finish(run, atlas, None, 0, title)

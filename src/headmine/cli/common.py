@@ -3,14 +3,22 @@ model loading with a spinner."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from transformers.utils import logging as hf_logging
 
 from headmine.cli.console import console, err_console, friendly_errors, is_tty
 from headmine.models.loading import LoadedModel, load_model
 
-__all__ = ["console", "err_console", "friendly_errors", "is_tty", "load_with_status"]
+__all__ = ["Device", "Dtype", "TrustRemoteCode", "console", "err_console", "friendly_errors", "is_tty", "load_with_status"]
+
+# The options of every command that loads a model (checked by models.placement before the load starts).
+Device = Annotated[str, typer.Option(
+    "--device", help="cpu | cuda | cuda:N | auto (accelerate spreads the layers over all GPUs, then the CPU)")]
+Dtype = Annotated[str, typer.Option("--dtype", help="float32 | bfloat16 | float16 (scores still accumulate in float32)")]
+TrustRemoteCode = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="run Python code shipped with a hub model (off by default: only for models you trust)")]
 
 
 def load_with_status(name: str, **kwargs: Any) -> LoadedModel:

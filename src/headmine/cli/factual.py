@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from headmine.atlas import write_job
-from headmine.cli.common import console, friendly_errors, load_with_status
+from headmine.cli.common import Device, Dtype, TrustRemoteCode, console, friendly_errors, load_with_status
 from headmine.pipeline.factual import FactualConfig, run_factual
 
 
@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def factual_cmd(
         model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
         relation: list[str] = typer.Option(None, "--relation", "-r", help="built-in relation names or relation files (repeat or comma-separate); default all built-ins"),
         heldout: list[str] = typer.Option(None, "--heldout", help="relations held out from the mitigation's selection (default: the last one)"),
         n: int = typer.Option(16, "--n", help="prompts per relation and prompt style (zero-shot, few-shot)"),
@@ -43,7 +44,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size"),
     ) -> None:
         """Factual recall mechanisms (Lv et al. 2024 style) on MODEL, with a held-out-tested mitigation."""
-        lm = load_with_status(model)
+        lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         cfg = FactualConfig(relations=_split(relation), heldout_relations=_split(heldout), n_per_relation=n, shots=shots,
                             top_k=top_k, max_cost=max_cost, seed=seed, batch_size=batch_size)
         with console.status("running the factual-recall analysis"):

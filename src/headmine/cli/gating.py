@@ -19,7 +19,7 @@ from headmine.causal.contrastive_gating import (
     split_pair_rows,
 )
 from headmine.causal.head_gating import LABELS, CHGConfig, CHGResult, load_data_file, task_data
-from headmine.cli.common import console, friendly_errors, load_with_status
+from headmine.cli.common import Device, Dtype, TrustRemoteCode, console, friendly_errors, load_with_status
 from headmine.core.errors import InputError
 from headmine.pipeline.gating import contrast_model, gate_model, head_labels
 
@@ -97,6 +97,7 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def gate(
         model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
         data: Path = typer.Option(None, "--data", help=".jsonl with prompt/target rows (loss on target) or a text file"),
         task: str = typer.Option(None, "--task", help="a built-in task (ioi, factual, induction, ...)"),
         n: int = typer.Option(None, help="prompts to build for --task (or rows kept from --data); default: the "
@@ -121,7 +122,7 @@ def register(app: typer.Typer) -> None:
         cfg = CHGConfig.preset_for(preset, seeds=seeds, updates=_updates(updates), batch_size=batch_size,
                                    micro_batch=micro_batch, lam=lam, seed=seed)
         n = cfg.rows if n is None else n
-        lm = load_with_status(model)
+        lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         prompts = None
         if data is not None:
             ds = load_data_file(lm, data, limit=n, truncation=truncation)
@@ -167,6 +168,7 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def gate_contrast(
         model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
         retain: Path = typer.Option(None, "--retain", help="retain set (.jsonl prompt/target), paired row by row"),
         forget: Path = typer.Option(None, "--forget", help="forget set (.jsonl prompt/target), paired row by row"),
         builtin: str = typer.Option(None, "--builtin", help="built-in pair: the format to forget (instruction | fewshot)"),
@@ -189,7 +191,7 @@ def register(app: typer.Typer) -> None:
         if builtin is None and (retain is None or forget is None):
             raise InputError("give --retain A --forget B, or --builtin instruction|fewshot", "e.g. --builtin instruction")
         cfg = ContrastConfig.preset_for(preset, seeds=seeds, updates=updates, batch_size=batch_size, seed=seed)
-        lm = load_with_status(model)
+        lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         if builtin is not None:
             split = builtin_contrast_split(lm, forget=builtin, heldout_tasks=tuple(heldout_task or ("singular_plural",)),
                                            shots=shots, seed=seed)

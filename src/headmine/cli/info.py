@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from headmine.cli.common import console, friendly_errors, load_with_status
+from headmine.cli.common import Device, Dtype, TrustRemoteCode, console, friendly_errors, load_with_status
 from headmine.models.loading import LoadedModel, cache_root
 from headmine.pipeline.doctor import run_checks
 
@@ -16,9 +16,12 @@ from headmine.pipeline.doctor import run_checks
 def register(app: typer.Typer) -> None:
     @app.command()
     @friendly_errors
-    def info(model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id")) -> None:
+    def info(
+        model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
+    ) -> None:
         """Print the model's head geometry, parameters, attention implementations and cache path."""
-        lm = load_with_status(model)
+        lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         g = lm.geometry
         table = Table(title=f"{model}", show_header=False)
         rows = [
@@ -43,10 +46,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @friendly_errors
-    def doctor(model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id")) -> None:
+    def doctor(
+        model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
+    ) -> None:
         """Run the per-head wiring self-checks on MODEL and print each with its measured value."""
         start = time.perf_counter()
-        lm = load_with_status(model)
+        lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         load_s = time.perf_counter() - start
         table = Table(title=f"headmine doctor {model}")
         table.add_column("check")

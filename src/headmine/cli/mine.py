@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from headmine.cli.common import console, friendly_errors, load_with_status
+from headmine.cli.common import Device, Dtype, TrustRemoteCode, console, friendly_errors, load_with_status
 from headmine.pipeline.mine import mine as run_mine
 from headmine.pipeline.mine import plan
 from headmine.report import build_report
@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def mine(
         model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
         atlas: Path = typer.Option(Path("headmine-out/atlas.db"), help="atlas database to write (created if missing)"),
         out: Path = typer.Option(Path("headmine-out/report"), help="folder for the HTML report"),
         budget: str = typer.Option("quick", help="quick | standard | thorough"),
@@ -28,7 +29,7 @@ def register(app: typer.Typer) -> None:
         """Mine MODEL: scan all head types, confirm causally, patch/attribute IOI, gate heads (CHG),
         analyse factual recall, store everything in the atlas and write the report. Resumable."""
         started = time.perf_counter()
-        lm = load_with_status(model)
+        lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         atlas.parent.mkdir(parents=True, exist_ok=True)
         todo = plan(lm, atlas, budget=budget, fresh=fresh)
         stages = todo.stages

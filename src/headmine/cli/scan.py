@@ -11,7 +11,7 @@ from rich.table import Table
 
 from headmine.atlas import Atlas, export_run, write_job
 from headmine.catalog import resolve_head_type
-from headmine.cli.common import console, friendly_errors, load_with_status
+from headmine.cli.common import Device, Dtype, TrustRemoteCode, console, friendly_errors, load_with_status
 from headmine.core.errors import InputError
 from headmine.detectors import resolve_detectors
 from headmine.pipeline.scan import ScanConfig, probe_sizes, scan_model
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def scan(
         model: str = typer.Argument("smollm2", help="embedded name, .gguf file, model folder or hub id"),
+        device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
         detectors: list[str] = typer.Option(None, "--detectors", "-d", help="detector names (comma-separated or repeated); default all"),
         atlas: Path = typer.Option(None, "--atlas", help="write the run into this atlas (SQLite) file"),
         n: int = typer.Option(None, "--n", help="sequences per probe task (repeated tokens, natural text, IOI)"),
@@ -45,7 +46,7 @@ def register(app: typer.Typer) -> None:
                             batch_size=batch_size, seed=seed, causal=causal, top_k=top_k)
         if atlas is not None:  # a bad atlas path fails before the (long) scan
             Atlas.open(atlas).close()
-        lm = load_with_status(model)
+        lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as bars:
             tasks: dict[str, int] = {}

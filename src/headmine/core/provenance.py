@@ -43,7 +43,8 @@ class ModelProvenance:
     revision: str | None = None
     dtype: str = "float32"
     attn_implementation: str = "eager"
-    device: str = "cpu"
+    device: str = "cpu"  # as asked: "cpu", "cuda:0", or "auto" (accelerate spread the layers)
+    placement: dict[str, Any] | None = None  # parameters per device and accelerate's device map (models.placement)
     model_type: str = ""
     library_versions: dict[str, str] = field(default_factory=library_versions)
 

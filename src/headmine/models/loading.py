@@ -26,6 +26,7 @@ from headmine.core.errors import InputError, ModelLoadError
 from headmine.core.provenance import ModelProvenance, file_sha256
 from headmine.models.base import ADAPTERS, HeadGeometry, ModelAdapter, attention_implementation_of
 from headmine.models.families import adapter_for
+from headmine.models.placement import dtype_name, module_device, parse_device, parse_dtype, placement_summary
 
 DEFAULT_MODEL = "smollm2"
 _DATA = Path(__file__).resolve().parent.parent / "data"
@@ -79,7 +80,18 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device of the token embedding (the first of several when
+        accelerate spread the layers over devices; each layer's own device is :meth:`layer_device`)."""
+        return module_device(self.adapter.embedding())
+
+    def layer_device(self, layer: int) -> torch.device:
+        """The device layer ``layer`` computes on (one device unless loaded with ``device="auto"``)."""
+        return module_device(self.adapter.layer(layer))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in (its embedding's)."""
+        return next(self.adapter.embedding().parameters()).dtype
 
     def model_info(self) -> dict[str, Any]:
         """The ``model_info`` every atlas run stores: the provenance plus the head geometry.
@@ -235,7 +247,7 @@ def load_model(
     name: str = DEFAULT_MODEL,
     *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
     attn_implementation: str = "eager",
     revision: str | None = None,
     trust_remote_code: bool = False,
@@ -244,7 +256,13 @@ def load_model(
 
     Eager attention is the default because it returns attention patterns; pass ``"sdpa"`` for speed
     when no patterns are needed (capture then switches to eager only while patterns are recorded).
+    ``device`` is ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (accelerate's ``device_map="auto"``: the
+    layers spread over every visible GPU, and the CPU if they do not fit); ``dtype`` is ``float32``,
+    ``bfloat16`` or ``float16`` (a string or a torch dtype). Both are checked before anything loads.
+    ``trust_remote_code`` stays off unless asked: it runs Python code that ships with the model.
     """
+    placement = parse_device(device)
+    dtype = parse_dtype(dtype)
     file_hash: str | None = None
     source = name
     if name in EMBEDDED:
@@ -290,19 +308,21 @@ def load_model(
     try:
         model: nn.Module = auto.from_pretrained(
             folder, revision=revision, dtype=dtype, attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code, use_safetensors=True,
+            trust_remote_code=trust_remote_code, use_safetensors=True, **placement.from_pretrained_kwargs(),
         )
         tokenizer = AutoTokenizer.from_pretrained(folder, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise ModelLoadError(f"could not load weights from {folder!r}: {exc}", "safetensors weights are required") from None
-    model.to(device).eval()
+    if placement.device is not None:
+        model.to(placement.device)
+    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     adapter = adapter_for(model)
     provenance = ModelProvenance(
         name=name, source=str(source), source_kind=kind, file_hash=file_hash, revision=revision,
-        dtype=str(dtype).removeprefix("torch."), attn_implementation=attention_implementation_of(model),
-        device=str(device), model_type=config.model_type,
+        dtype=dtype_name(dtype), attn_implementation=attention_implementation_of(model),
+        device=placement.spec, placement=placement_summary(model), model_type=config.model_type,
     )
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, adapter=adapter, provenance=provenance)
 

@@ -122,6 +122,7 @@ def run_rows(atlas: Atlas, runs: pd.DataFrame) -> list[dict[str, Any]]:
                 "source": str(info.get("source", "")),
                 "file_hash": str(info.get("file_hash") or ""),
                 "dtype": str(info.get("dtype", "")),
+                "device": device_text(info),
                 "attn": str(info.get("attn_implementation", "")),
                 "params": json.dumps(plain_json(r.params), indent=1, ensure_ascii=False, sort_keys=True),
                 "seeds": json.dumps(plain_json(r.seeds), ensure_ascii=False),
@@ -152,6 +153,19 @@ def model_geometry(runs: pd.DataFrame, head_scores: pd.DataFrame, labels: pd.Dat
 
 
 
+def device_text(info: Mapping[str, Any]) -> str:
+    """Where a run computed: the device asked for, and for a model spread by accelerate the devices
+    that held its parameters (``auto: cuda:0 52%, cuda:1 48%``)."""
+    asked = str(info.get("device") or "")
+    placement = info.get("placement")
+    devices = placement.get("devices") if isinstance(placement, Mapping) else None
+    if not isinstance(devices, Mapping) or len(devices) < 2:
+        return asked
+    total = sum(float(v) for v in devices.values()) or 1.0
+    spread = ", ".join(f"{k} {100 * float(v) / total:.0f}%" for k, v in devices.items())
+    return f"{asked}: {spread}" if asked else spread
+
+
 def model_header(runs: pd.DataFrame) -> dict[str, Any]:
     """The page header's model identity from the newest run's provenance: alias, full name (a hub
     id or the weight file's stem), quantisation of the weight file, compute dtype and file hash."""
@@ -173,5 +187,6 @@ def model_header(runs: pd.DataFrame) -> dict[str, Any]:
     full = str(info.get("full_name") or info.get("repo_id") or (source if "/" in source and not Path(source).exists()
                                                                  and not source.startswith(("/", ".")) else stem))
     return {"name": str(info.get("name") or ""), "full_name": full, "quantization": str(quant) if quant else None,
-            "dtype": str(info.get("dtype") or ""), "model_type": str(info.get("model_type") or ""),
+            "dtype": str(info.get("dtype") or ""), "device": device_text(info),
+            "model_type": str(info.get("model_type") or ""),
             "file": Path(source).name if source else "", "file_hash": str(info.get("file_hash") or "")[:12]}

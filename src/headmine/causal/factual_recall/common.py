@@ -77,8 +77,10 @@ def decode_direction(lm: LoadedModel, v: torch.Tensor) -> torch.Tensor:
     attribution; that equals the final norm's linearisation (scale frozen at the run's residual).
     """
     spec = lm.adapter.final_norm_spec()
+    w_u = lm.adapter.W_U()
+    v = v.to(w_u.device)  # the unembedding's device: the last one when layers are spread over several
     x = v if spec is None else spec.direction(v).to(v.dtype)
-    return x @ lm.adapter.W_U().to(v.dtype)
+    return x @ w_u.to(v.dtype)
 
 
 def final_scale(lm: LoadedModel, resid_final: torch.Tensor) -> torch.Tensor:
