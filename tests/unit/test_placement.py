@@ -106,3 +106,12 @@ def test_bfloat16_all_ones_gates_and_the_fast_sweep_are_exact_within_the_dtype(t
     # stacked variants round differently from one-at-a-time runs in bf16: equal to a bf16 ulp of the logits
     spread = float(naive.deltas.abs().max())
     assert spread > 0.05 and float((fast.values - naive.values).abs().max()) < 0.05 * max(1.0, float(naive.baseline.abs().max()))
+
+
+def test_a_bfloat16_mine_session_never_resumes_a_float32_one(toy_pair) -> None:
+    from headmine.pipeline.mine import BUDGETS, group_id_for
+
+    fp32, bf16 = toy_pair
+    quick = BUDGETS["quick"]
+    assert group_id_for(fp32, quick) != group_id_for(bf16, quick)
+    assert group_id_for(fp32, quick) == group_id_for(load_model("toy-induction", device="auto"), quick)  # same numbers

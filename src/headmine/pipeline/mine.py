@@ -85,6 +85,8 @@ class MineResult:
 
 def group_id_for(lm: LoadedModel, budget: Budget, *, fresh: bool = False) -> str:
     base = f"{lm.name}|{lm.provenance.file_hash}|{budget.name}"
+    if lm.provenance.dtype != "float32":  # bf16 numbers differ from float32 ones: never resume one from the other
+        base += f"|{lm.provenance.dtype}"
     if fresh:
         base += f"|{time.time_ns()}"
     return "mine-" + hashlib.sha256(base.encode()).hexdigest()[:16]
