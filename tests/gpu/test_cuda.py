@@ -105,3 +105,17 @@ def _has(model: torch.nn.Module, path: str) -> bool:
         return True
     except AttributeError:
         return False
+
+
+def test_mine_runs_on_the_gpu_in_bfloat16(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from headmine.atlas import Atlas
+    from headmine.cli.main import app
+
+    result = CliRunner().invoke(app, ["mine", "toy-induction", "--atlas", str(tmp_path / "a.db"), "--no-report",
+                                      "--device", "cuda", "--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    with Atlas.open(tmp_path / "a.db", readonly=True) as db:
+        infos = list(db.runs()["model_info"])
+    assert len(infos) >= 5 and all(i["device"] == "cuda:0" and i["dtype"] == "bfloat16" for i in infos)

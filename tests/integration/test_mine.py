@@ -80,6 +80,20 @@ def test_mine_cli_writes_the_report(tmp_path):
     assert "estimated" in result.output and "report:" in result.output
 
 
+def test_mine_cli_in_bfloat16_through_accelerate_records_where_it_ran(tmp_path):
+    """`mine --device auto --dtype bfloat16` (issue 12): every run's provenance and the report say so."""
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["mine", "toy-induction", "--atlas", str(tmp_path / "a.db"), "--out", str(out),
+                                      "--device", "auto", "--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    with Atlas.open(tmp_path / "a.db", readonly=True) as db:
+        infos = list(db.runs()["model_info"])
+    assert len(infos) >= 5 and all(i["dtype"] == "bfloat16" and i["device"] == "auto" for i in infos)
+    page = (out / "toy-induction.html").read_text()
+    assert "computed in bfloat16" in page or "bfloat16 on auto" in page
+    assert "device auto" in page
+
+
 def test_mine_rejects_an_unknown_budget(tmp_path):
     result = CliRunner().invoke(app, ["mine", "toy-induction", "--atlas", str(tmp_path / "a.db"), "--budget", "huge"])
     assert result.exit_code == 2
