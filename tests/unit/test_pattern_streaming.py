@@ -12,6 +12,7 @@ from headmine.capture import CaptureSpec, run_capture, stream_pattern_layers
 from headmine.core.errors import CaptureError
 from headmine.core.ids import Site
 from headmine.detectors import ScoreAccumulator, get_detector
+from headmine.models.loading import load_model
 from headmine.pipeline.capture_plans import PassContext, plain_pass, sampled_query_rows
 from headmine.tasks import TokenBatch, load_probe
 from tests.tiny_models import tiny_model
@@ -101,3 +102,32 @@ def test_scan_records_how_patterns_were_made(monkeypatch):
     result = scan.scan_model(lm, config)
     assert result.model_info["pattern_source"] == "recomputed from q,k (sdpa forward)"
     assert result.model_info["attn_implementation"] == "eager"  # the load-time provenance is kept as it was
+
+
+@pytest.mark.slow
+def test_needle_prompts_from_1k_to_8k_tokens(smollm2):
+    """The needle task builds 1K-8K-token prompts (the haystack cycles the corpus) whose needle span is the
+    needle sentence and whose answer span holds the answer's tokens."""
+    probe = load_probe("needle", smollm2.tokenizer, n=1, seed=3, context_lengths=(1024, 2048, 4096, 8176), depths=(0.5,))
+    for i, length in enumerate((1024, 2048, 4096, 8176)):
+        n = int(probe.meta["n_tokens"][i])
+        assert 0.95 * length <= n <= length
+        a, b = probe.meta["needle_span"][i].tolist()
+        text = smollm2.tokenizer.decode(probe.input_ids[i, a:b].tolist())
+        assert text.strip().startswith("The secret code of the") and probe.meta["answer"][i] in text
+        a0, a1 = probe.meta["answer_span"][i].tolist()
+        assert tuple(probe.input_ids[i, a0:a1].tolist()) == probe.meta["answer_ids"][i]
+
+
+@pytest.mark.slow
+def test_retrieval_scan_at_1k_tokens_under_sdpa():
+    """SmolLM2 under SDPA finds the needle at ~1K tokens and retrieval heads (score > 0.1) from recomputed
+    last-row patterns: the scan's decoding pass at long context without eager attention."""
+    lm = load_model("smollm2", attn_implementation="sdpa")
+    config = scan.ScanConfig(detectors=("retrieval",), causal=False,
+                             probe_params={"needle": {"n": 1, "context_lengths": (1024,), "depths": (0.5,)}})
+    result = scan.scan_model(lm, config)
+    assert result.model_info["pattern_source"] == "recomputed from q,k (sdpa forward)"
+    values = result.scores[result.scores.metric == "score"].value
+    assert values.notna().all()  # the model retrieved the needle: the prompt was kept
+    assert (values > 0.1).sum() >= 1
