@@ -15,6 +15,7 @@ from headmine.causal.ablation import ablation_sweep
 from headmine.causal.attribution_patching import attribution_patching
 from headmine.causal.direct_logit_attribution import direct_logit_attribution
 from headmine.causal.engine import run_with_interventions
+from headmine.causal.head_gating.logprob import gated_logprob
 from headmine.causal.interventions import Gate
 from headmine.causal.metrics import AnswerMetric
 from headmine.models.families import adapter_for
@@ -52,6 +53,8 @@ def _all_methods(lm: LoadedModel, ids: torch.Tensor, corrupted: torch.Tensor, me
         "dla": direct_logit_attribution(lm, ids, None, metric).heads,
         "gated": run_with_interventions(lm, ids, interventions=[Gate(factors=torch.full(
             (lm.geometry.n_layers, lm.geometry.n_heads), 0.5))]).float().cpu(),
+        "chg_logprob": gated_logprob(lm, ids, ones, ones.bool(), torch.rand(
+            2, lm.geometry.n_layers, lm.geometry.n_heads, generator=torch.Generator().manual_seed(1))).cpu(),
     }
 
 

@@ -203,6 +203,7 @@ def token_accuracy(lm: LoadedModel, data: GatingData, gates: torch.Tensor | None
         ivs = [] if gates is None else [Gate(factors=gates.to(lm.device))]
         with intervening(lm, ivs):
             logits = lm.model(input_ids=ids, attention_mask=att).logits
+        ids, lmask = ids.to(logits.device), lmask.to(logits.device)  # the last layer's device
         hit = (logits[:, :-1].argmax(-1) == ids[:, 1:]) & lmask[:, 1:]
         out.append(hit.sum(1).float().cpu() / lmask[:, 1:].sum(1).clamp_min(1).float().cpu())
     return torch.cat(out)

@@ -167,7 +167,8 @@ def corpus_loss(lm: LoadedModel, corpus_ids: torch.Tensor, mitigation: Mitigatio
             ids = corpus_ids[start:start + batch_size].to(lm.device)
             with torch.no_grad():
                 logits = lm.forward(ids, torch.ones_like(ids)).float()
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                   ids[:, 1:].reshape(-1).to(logits.device),
                                                    reduction="sum")
             total += float(ce)
             count += ids[:, 1:].numel()

@@ -130,7 +130,7 @@ def final_layer_suppression(
     dir_sum: torch.Tensor | None = None
     first = torch.zeros(H)
     for sub in sub_batches(batch, batch_size):
-        end, tgt = sub.meta["end_pos"], sub.meta["target_id"].to(lm.device)
+        end, tgt = sub.meta["end_pos"], sub.meta["target_id"].to(lm.adapter.W_U().device)  # where logits are read
         spec = CaptureSpec(sites=frozenset({Site.PATTERN, Site.RESULT, Site.ATTN_OUT, Site.MLP_OUT, Site.RESID}),
                            layers=(layer, g.n_layers), query_positions=end, keep_logits=False)
         rec = run_capture(lm, spec, sub.input_ids, sub.attention_mask)
@@ -141,7 +141,7 @@ def final_layer_suppression(
             comps = torch.cat([heads, written_attn(lm, layer, rec.attn_out[layer][:, 0])[:, None],
                                written_mlp(lm, layer, rec.mlp_out[layer][:, 0])[:, None]], dim=1)  # [b, C, d]
             full = torch.log_softmax(lens_logits(lm, resid).float(), -1)  # [b, V]
-            rows = torch.arange(len(sub))
+            rows = torch.arange(len(sub), device=tgt.device)
             lp_full = full[rows, tgt]
             scale = final_scale(lm, resid)[:, None, None]
             direct = decode_direction(lm, comps).float() / scale.float()  # [b, C, V] linearised direct logits

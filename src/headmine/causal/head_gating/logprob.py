@@ -37,6 +37,9 @@ def _seq_logprob(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tenso
                  column: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row mean log-prob of the masked target tokens: [rows]. Only target positions are normalised.
     ``logits[:, column[t]]`` predicts token t+1 (``column`` None: the identity)."""
+    dev = logits.device  # the last layer's device when the layers are spread over several
+    ids, loss_mask = ids.to(dev), loss_mask.to(dev)
+    column = None if column is None else column.to(dev)
     mask = loss_mask[:, 1:]
     rows, pos = mask.nonzero(as_tuple=True)
     cols = pos if column is None else column[pos]
