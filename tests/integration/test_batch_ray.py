@@ -92,3 +92,21 @@ def test_plan_on_ray_equals_the_plan_run_locally(tmp_path: Path, ray_cluster: No
     smollm2 = next(r for r in on_ray.jobs if r.job.model == "smollm2")
     scores, labels = ray_runs[smollm2.job.key]
     assert scores["layer"].nunique() == 30 and len(labels) > 0  # a real scan of all 30 layers, with labelled heads
+
+
+@pytest.mark.slow
+def test_a_job_the_cluster_can_never_run_fails_at_once(tmp_path: Path, ray_cluster: None) -> None:
+    plan = parse_plan("""
+[[jobs]]
+model = "toy-induction"
+job = "scan:induction"
+causal = false
+n = 2
+resources = { num_gpus = 1 }
+max_retries = 3
+""")
+    result = run_batch(plan, tmp_path / "atlas.db", tmp_path / "shards", ray="auto")
+    (job,) = result.jobs
+    assert (job.status, job.attempts) == ("failed", 1)  # not retried: it could never be scheduled
+    assert "asks for 1 GPU but the whole Ray cluster has 0" in job.errors[0]
+    assert result.merge is None

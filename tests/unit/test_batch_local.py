@@ -4,6 +4,7 @@ into the atlas, and a plan run again skips what the atlas holds."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from headmine.atlas import Atlas, AtlasRun, RunRecord, write_job
 from headmine.causal.methods import get_method
 from headmine.cli.main import app
+from headmine.core.errors import InputError
 from headmine.models.loading import LoadedModel
 from headmine.pipeline.batch import BatchEvent, run_batch
 from headmine.pipeline.causal import run_causal
@@ -101,3 +103,13 @@ def test_a_multi_run_job_is_keyed_once_all_its_runs_are_written(tmp_path: Path) 
         assert db.tag_group("job", "k") == 2
         assert db.runs(group_id="job")["key"].tolist() == ["k", "k"]
         assert db.runs(group_id="other")["key"].isna().all()
+
+
+def test_ray_missing_is_a_clear_error_before_anything_is_created(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without the extra looks like
+    plan = parse_plan(PLAN)
+    with pytest.raises(InputError, match="Ray is not installed") as err:
+        run_batch(plan, tmp_path / "atlas.db", tmp_path / "shards", ray="auto")
+    assert 'pip install "headmine[ray]"' in (err.value.hint or "")
+    assert list(tmp_path.iterdir()) == []

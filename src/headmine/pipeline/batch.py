@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from headmine.atlas import Atlas
 from headmine.atlas.merge import MergeReport, merge_shards
@@ -166,12 +167,18 @@ def _infeasible(job: Job, total: dict[str, float]) -> str | None:
     return None
 
 
-def run_on_ray(todo: list[JobReport], shards: Path, address: str, retries: dict[str, int], emit: EventSink) -> float:
-    """Run ``todo`` as Ray tasks (see :func:`run_batch`); return the seconds Ray took to start or connect."""
+def import_ray() -> Any:
+    """The ``ray`` module, imported only when a batch asks for it; a clear error naming the extra when missing."""
     try:
         import ray
     except ImportError:
         raise RAY_MISSING from None
+    return ray
+
+
+def run_on_ray(todo: list[JobReport], shards: Path, address: str, retries: dict[str, int], emit: EventSink) -> float:
+    """Run ``todo`` as Ray tasks (see :func:`run_batch`); return the seconds Ray took to start or connect."""
+    ray = import_ray()
     start = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
@@ -235,6 +242,8 @@ def run_batch(
     start = time.perf_counter()
     if max_retries is not None and max_retries < 0:
         raise InputError(f"max_retries must be >= 0, got {max_retries}")
+    if ray is not None:
+        import_ray()  # before anything is created
     atlas_path, shard_dir = Path(atlas).expanduser(), Path(shards).expanduser()
     if not atlas_path.parent.is_dir():
         raise AtlasError(f"cannot create the atlas {atlas_path}: folder {atlas_path.parent} does not exist",
