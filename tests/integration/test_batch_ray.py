@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
+from typer.testing import CliRunner
 
 from headmine.atlas import Atlas
+from headmine.cli.main import app
 from headmine.pipeline.batch import BatchEvent, run_batch
 from headmine.pipeline.plan_file import parse_plan
 
@@ -110,3 +112,19 @@ max_retries = 3
     assert (job.status, job.attempts) == ("failed", 1)  # not retried: it could never be scheduled
     assert "asks for 1 GPU but the whole Ray cluster has 0" in job.errors[0]
     assert result.merge is None
+
+
+@pytest.mark.slow
+def test_cli_batch_on_ray(tmp_path: Path, ray_cluster: None) -> None:
+    plan_file = tmp_path / "plan.toml"
+    plan_file.write_text('[[jobs]]\nmodel = "toy-induction"\njob = "dla:induction"\nn = 4\n')
+    atlas = tmp_path / "atlas.db"
+    runner = CliRunner()
+    first = runner.invoke(app, ["batch", str(plan_file), "--atlas", str(atlas), "--ray", "auto"])
+    text = " ".join(first.output.split())
+    assert first.exit_code == 0, first.output
+    assert "on Ray (auto)" in text and "done toy-induction dla:induction (n=4): 1 run(s)" in text
+    assert "merged 1 run(s)" in text and "Ray start-up" in text
+    again = runner.invoke(app, ["batch", str(plan_file), "--atlas", str(atlas), "--ray", "auto"])
+    assert again.exit_code == 0
+    assert "0 done, 1 skipped (in the atlas)" in " ".join(again.output.split())
