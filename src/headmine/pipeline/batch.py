@@ -134,16 +134,13 @@ def _run_local(reports: list[JobReport], shards: Path, retries: dict[str, int], 
     first: dict[str, int] = {}
     for i, r in enumerate(reports):
         first.setdefault(r.job.model, i)
-    for report in sorted(reports, key=lambda r: first[r.job.model]):  # grouped by model (plan order within), so each model loads once
+    # grouped by model (plan order within), so each model loads once
+    for report in sorted(reports, key=lambda r: first[r.job.model]):
         again = True
         while again:
             emit(BatchEvent(report, "started", f"attempt {report.attempts + 1}"))
             outcome = execute_job(report.job, shards / report.shard_name, models=models)
             again = record_attempt(report, outcome, retries[report.job.key], emit)
-
-
-RAY_MISSING = InputError("Ray is not installed, so the plan cannot run on a Ray cluster",
-                         'pip install "headmine[ray]" (or run without --ray, one job after another here)')
 
 
 def _write_shard(path: Path, data: bytes) -> None:
@@ -172,7 +169,8 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise RAY_MISSING from None
+        raise InputError("Ray is not installed, so the plan cannot run on a Ray cluster",
+                         'pip install "headmine[ray]" (or run without --ray, one job after another here)') from None
     return ray
 
 
