@@ -7,17 +7,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from headmine.atlas import Atlas, AtlasRun, RunRecord, write_job
+from headmine.causal.head_gating import CHGConfig, task_data
 from headmine.causal.methods import get_method
 from headmine.cli.main import app
 from headmine.core.errors import InputError
 from headmine.models.loading import LoadedModel
 from headmine.pipeline.batch import BatchEvent, run_batch
 from headmine.pipeline.causal import run_causal
+from headmine.pipeline.gating import gate_model
 from headmine.pipeline.plan_file import parse_plan
 from headmine.pipeline.scan import ScanConfig, probe_sizes, scan_model
 
@@ -113,3 +116,21 @@ def test_ray_missing_is_a_clear_error_before_anything_is_created(tmp_path: Path,
         run_batch(plan, tmp_path / "atlas.db", tmp_path / "shards", ray="auto")
     assert 'pip install "headmine[ray]"' in (err.value.hint or "")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_gate_job_is_the_gate_pipeline_with_the_plan_settings(tmp_path: Path, toy: LoadedModel) -> None:
+    plan = parse_plan('[[jobs]]\nmodel = "toy-induction"\njob = "gate:induction"\nn = 4\nseed = 2\nseeds = 1\n'
+                      'updates = [3, 2, 2]\n')
+    result = run_batch(plan, tmp_path / "atlas.db", tmp_path / "shards")
+    assert [r.status for r in result.jobs] == ["done"], result.jobs[0].errors
+    data, prompts = task_data(toy, "induction", n=4, seed=2)
+    direct = gate_model(toy, data, CHGConfig.preset_for("quick", seeds=1, updates=(3, 2, 2)), task="induction",
+                        prompts=prompts)
+    stored = _scores(tmp_path / "atlas.db", plan.jobs[0].key)
+    expected = pd.DataFrame([vars(r) for r in direct.to_atlas().score_rows()])
+    assert len(stored) == len(expected) > 0
+    np.testing.assert_allclose(stored["value"].to_numpy(), expected["value"].to_numpy(), rtol=1e-6, atol=1e-9)
+    with Atlas.open(tmp_path / "atlas.db", readonly=True) as db:
+        params = db.run(db.find_run(key=plan.jobs[0].key)).params
+    assert (params["updates"], params["seeds"], params["rows"]) == ([3, 2, 2], 1, 4)

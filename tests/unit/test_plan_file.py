@@ -94,6 +94,7 @@ BAD = [
     ("[[jobs]]\nmodel='toy-induction'\njob='scan'\ndtype='float8'", r"#1.dtype: unknown dtype 'float8'"),
     ("[[jobs]]\nmodel='toy-induction'\njob='scan'\ndevice='tpu'", r"#1.device: unknown device 'tpu'"),
     ("[[jobs]]\nmodel='toy-induction'\njob='scan'\nn=0", r"#1.n: expected an integer >= 1, got 0"),
+    ("[[jobs]]\nmodel='toy-induction'\njob='gate:ioi'\nupdates=[1, 2]", r"#1.updates: expected one or three integers"),
     ("[[jobs]]\nmodel='toy-induction'\njob='scan'\nshots=2", r"#1.shots: a scan job does not read 'shots'"),
     ("[[jobs]]\nmodel='toy-induction'\njob='ablation:ioi'\noptions={mood='mean'}",
      r"#1.options.mood: method 'ablation' has no option 'mood'"),

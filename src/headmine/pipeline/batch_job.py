@@ -91,7 +91,8 @@ def job_result(lm: LoadedModel, job: Job) -> JobResult:
         return run_causal(lm, get_method(method).config(task=task, **options, **s.get("options", {})), method=method)
     if job.kind == "gate":
         data, prompts = task_data(lm, job.target, n=s.get("n", 8), seed=s.get("seed", 0))
-        config = CHGConfig.preset_for(s.get("preset", "quick"), seeds=s.get("seeds"))
+        updates = tuple(s["updates"]) if "updates" in s else None
+        config = CHGConfig.preset_for(s.get("preset", "quick"), seeds=s.get("seeds"), updates=updates)
         return gate_model(lm, data, config, task=job.target, prompts=prompts)
     if job.kind == "factual":
         names = {"n": "n_per_relation", "seed": "seed", "shots": "shots", "top_k": "top_k", "batch_size": "batch_size"}

@@ -37,7 +37,8 @@ Job strings (``job = ...``), and the settings each kind reads:
 - ``METHOD:TASK``: any registered causal method (ablation, patching, attribution, dla, logit_lens,
   path_patching, plugins; the CLI names ablate / patch / attribute / lens work too) on a task name or
   a JSONL file; n, seed, metric, options.
-- ``gate:TASK``: causal head gating (``headmine gate``); n, seed, preset, seeds.
+- ``gate:TASK``: causal head gating (``headmine gate``); n, seed, preset, seeds, updates (one number or
+  three: per stage).
 - ``factual``: factual recall (``headmine factual``); n (per relation), seed, shots, top_k, batch_size.
 - ``mine:BUDGET``: the whole main job (``headmine mine``) at quick | standard | thorough.
 
@@ -80,7 +81,7 @@ COMMON_SETTINGS = ("device", "dtype", "resources", "max_retries")
 KIND_SETTINGS: dict[str, tuple[str, ...]] = {
     "scan": ("n", "seed", "batch_size", "causal", "top_k"),
     "method": ("n", "seed", "metric", "options"),
-    "gate": ("n", "seed", "preset", "seeds"),
+    "gate": ("n", "seed", "preset", "seeds", "updates"),
     "factual": ("n", "seed", "shots", "top_k", "batch_size"),
     "mine": (),
 }
@@ -252,6 +253,11 @@ class _Checker:
             return integer(1)
         if key in ("seed", "max_retries", "shots"):
             return integer(0)
+        if key == "updates":
+            steps = value if isinstance(value, list) else [value]
+            if len(steps) not in (1, 3) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in steps):
+                raise self.fail(w, f"expected one or three integers >= 0, got {value!r}", "e.g. updates = [15, 25, 25]")
+            return steps * 3 if len(steps) == 1 else steps
         if key == "causal":
             if not isinstance(value, bool):
                 raise self.fail(w, f"expected true or false, got {value!r}")
