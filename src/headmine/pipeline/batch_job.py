@@ -6,7 +6,8 @@ The job unit of ``headmine batch`` (see ``headmine.pipeline.plan_file`` for the 
 into a shard atlas that holds this job's runs only. Every run carries the job's key (``runs.key``), so
 a merged atlas knows which jobs it holds. A ``mine`` job writes several runs under the group id = key
 and keys them only once all of them are written: a job that failed halfway is never taken as done
-(and, run again into the same shard, resumes at its first missing stage).
+(run again into the same shard, as a local retry does, it resumes at its first missing stage; on Ray
+each attempt starts from an empty shard on its worker).
 
 :func:`execute_job` never raises for a failing job: the outcome carries the error, so a batch runner
 (local or Ray) can report it, retry it and go on with the others. :func:`ray_job` is the same unit as
