@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
             ("d_head / d_model", f"{g.d_head} / {g.d_model}"),
             ("vocabulary / context", f"{g.vocab_size} / {g.n_ctx}"),
             ("parameters", f"{sum(p.numel() for p in lm.model.parameters()):,}"),
-            ("attention implementation", f"{lm.provenance.attn_implementation} (patterns need eager; sdpa is switched to eager while capturing)"),
+            ("attention implementation", f"{lm.provenance.attn_implementation} (patterns: {'recomputed from q, k for the rows asked for' if lm.adapter.recomputes_patterns else 'eager while capturing'})"),
             ("attention implementations available", ", ".join(_available_attn(lm))),
             ("dtype / device", f"{lm.provenance.dtype} / {lm.provenance.device}"),
             ("source", f"{lm.provenance.source_kind}: {lm.provenance.source}"),

@@ -248,14 +248,15 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = torch.float32,
-    attn_implementation: str = "eager",
+    attn_implementation: str | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load ``name``: an embedded model name, a ``.gguf`` file, a local folder, or a HF hub id.
 
-    Eager attention is the default because it returns attention patterns; pass ``"sdpa"`` for speed
-    when no patterns are needed (capture then switches to eager only while patterns are recorded).
+    ``attn_implementation=None`` lets transformers pick its fast kernel (SDPA where the family has it,
+    eager otherwise, e.g. Gemma 2); attention patterns are then recomputed from the captured q and k
+    for just the rows a method asks for (``capture.patterns``). Pass ``"eager"`` to run eager attention.
     ``device`` is ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (accelerate's ``device_map="auto"``: the
     layers spread over every visible GPU, and the CPU if they do not fit); ``dtype`` is ``float32``,
     ``bfloat16`` or ``float16`` (a string or a torch dtype). Both are checked before anything loads.
