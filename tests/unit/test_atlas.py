@@ -318,7 +318,7 @@ def test_error_newer_schema(db_path: Path) -> None:
 def test_error_missing_file_and_folder(tmp_path: Path) -> None:
     with pytest.raises(AtlasError, match="no atlas at") as info:
         Atlas.open(tmp_path / "missing.db", create=False)
-    assert "create=True" in info.value.hint
+    assert "headmine mine" in info.value.hint and "create=True" not in info.value.hint  # words a CLI user can act on
     assert not (tmp_path / "missing.db").exists()
     with pytest.raises(AtlasError, match="no atlas at"):
         Atlas.open(tmp_path / "missing.db", readonly=True)

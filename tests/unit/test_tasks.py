@@ -310,6 +310,15 @@ def test_induction(tok):
 
 
 # --------------------------------------------------------------------------- user JSONL
+def test_a_task_file_that_is_not_utf8_is_one_clear_error(tmp_path, tok):
+    """Found from outside (issue 15): a Latin-1 task file ended in a raw UnicodeDecodeError traceback."""
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(json.dumps({"prompt": "ok", "target": " x"}).encode() + b"\n" + '{"prompt": "caf\u00e9", "target": " x"}'.encode("latin-1") + b"\n")
+    with pytest.raises(InputError, match=r"latin1\.jsonl:2: the file is not UTF-8 text \(byte 0xe9") as info:
+        load_task(str(p), tok)
+    assert "UTF-8" in info.value.hint
+
+
 def test_user_jsonl(tmp_path, tok):
     good = tmp_path / "mine.jsonl"
     good.write_text(

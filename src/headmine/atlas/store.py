@@ -59,7 +59,8 @@ class Atlas(AtlasWriter, AtlasQueries, CatalogQueries):
             if readonly or not create:
                 raise AtlasError(
                     f"no atlas at {p}",
-                    "check the path, or open it with create=True (readonly=False) to start a new atlas there",
+                    "check the path; a command that writes (`headmine mine`, `headmine scan --atlas PATH`) creates a "
+                    "new atlas, as does Atlas.open(path) in Python",
                 )
             if not p.parent.is_dir():
                 raise AtlasError(

@@ -13,12 +13,24 @@ from headmine.tasks.base import METRICS, TokenBatch, bos_id, encode, pad_batch, 
 from headmine.tasks.prompt_set import PromptItem, PromptSet
 
 
+def read_utf8(p: Path) -> str:
+    """The text of a user's file; a missing file or one that is not UTF-8 is one clear error naming
+    the place (the line and byte of the first bad byte), never a raw decode traceback."""
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise InputError(f"cannot read {p}: {err.strerror or err}", "check the path") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise InputError(f"{p}:{line}: the file is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})",
+                         "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)") from None
+
+
 def _read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise InputError(f"cannot read {p}: {err}", "check the path") from err
+    lines = read_utf8(p).splitlines()
     out = []
     for lineno, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -189,10 +201,7 @@ def next_token_dataset(
             lines.append(lineno)
             texts.append(rec["prompt"] + rec["target"])
     else:
-        try:
-            raw = p.read_text(encoding="utf-8")
-        except OSError as err:
-            raise InputError(f"cannot read {p}: {err}", "check the path") from err
+        raw = read_utf8(p)
         docs: list[tuple[int, str]] = []
         current: list[str] = []
         start = 0
