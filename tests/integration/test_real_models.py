@@ -32,12 +32,16 @@ def test_smollm2_knows_a_fact(smollm2):
     assert smollm2.tokenizer.decode([top]).strip() == "Paris"
 
 
-def test_sdpa_model_switches_to_eager_for_patterns():
+def test_sdpa_model_recomputes_patterns_or_switches_to_eager_when_asked():
+    """SmolLM2 loads with SDPA by default; its patterns are recomputed from q, k and equal the eager ones."""
     from headmine.models.loading import load_model
 
-    lm = load_model("smollm2", attn_implementation="sdpa")
-    enc = lm.tokenize(["a b c d e f"])
-    rec = run_capture(lm, CaptureSpec(sites={Site.PATTERN}, heads=(HeadId(3, 1),)), **enc)
-    assert "switched from sdpa" in rec.pattern_source
+    lm = load_model("smollm2")
     assert lm.model.config._attn_implementation == "sdpa"
+    enc = lm.tokenize(["The cat sat on the mat because the cat was tired"])
+    rec = run_capture(lm, CaptureSpec(sites={Site.PATTERN}, heads=(HeadId(3, 1),)), **enc)
+    assert rec.pattern_source == "recomputed from q,k (sdpa forward)"
+    eager = run_capture(lm, CaptureSpec(sites={Site.PATTERN}, heads=(HeadId(3, 1),), pattern_mode="eager"), **enc)
+    assert "switched from sdpa" in eager.pattern_source and lm.model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(rec.pattern[3], eager.pattern[3], atol=1e-5, rtol=0)
     torch.testing.assert_close(rec.pattern[3].sum(-1), torch.ones_like(rec.pattern[3].sum(-1)))
