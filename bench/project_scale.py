@@ -3,11 +3,11 @@
 Input: bench/results/stage_costs.json (bench_stage_costs.py: each stage's seconds and forward units,
 one forward = 8 x 64 tokens). Each stage's forward units are scaled to the target model and budget by
 the quantity its work grows with (the same rules as `pipeline.mine.stages_for`'s estimate):
-- scan + causal checks: capture passes and per-detector checks, ``40 + 4 * n_layers``, x probe prompts;
+- scan + causal checks: capture passes and per-detector checks, ``20 + 2.5 * n_layers``, x probe prompts;
 - ablation sweep, activation patching: one partial forward per head, x heads, x toolkit prompts;
 - attribution, DLA, attention examples: a few forwards/backwards, x toolkit prompts;
 - CHG: updates x seeds x rows x tasks (the preset's), independent of the model;
-- factual recall: ``60 + 2 * heads / 8``, x facts.
+- factual recall: ``20 + 0.18 * heads``, x facts.
 A forward unit on the target costs ``2 x parameters x 512 tokens`` FLOPs at an assumed effective
 throughput (``--tflops``, default 300: ~40% of an H100/H200's dense bf16 peak; measure it with
 bench_scale.py on the GPU and pass it). The output is a projection, not a measurement.
@@ -48,13 +48,13 @@ def stage_factor(stage: str, shape: Shape, base: Shape, budget: Budget, measured
     heads, base_heads = shape.n_layers * shape.n_heads, base.n_layers * base.n_heads
     toolkit = budget.toolkit_n / measured.toolkit_n
     if stage.startswith("scan"):
-        return (40 + 4 * shape.n_layers) / (40 + 4 * base.n_layers) * budget.scan_probe_n / measured.scan_probe_n
+        return (20 + 2.5 * shape.n_layers) / (20 + 2.5 * base.n_layers) * budget.scan_probe_n / measured.scan_probe_n
     if stage.startswith(("ablation", "activation patching")):
         return heads / base_heads * toolkit
     if stage.startswith("causal head gating"):
         return chg_units(budget) / chg_units(measured) / len(measured.chg_tasks)  # per measured CHG stage
     if stage.startswith("factual"):
-        return (60 + 2 * heads / 8) / (60 + 2 * base_heads / 8) * budget.factual_n / measured.factual_n
+        return (20 + 0.18 * heads) / (20 + 0.18 * base_heads) * budget.factual_n / measured.factual_n
     return toolkit  # attribution, DLA, attention examples
 
 

@@ -148,22 +148,26 @@ def stages_for(lm: LoadedModel, budget: Budget) -> list[Stage]:
     """The job's stages for this model (decoder-only stages are left out for encoders)."""
     g = lm.geometry
     heads = g.n_layers * g.n_heads
-    out = [Stage("scan + causal checks", "scan", None, 40 + 4 * g.n_layers, _scan)]
+    # Costs in plain forwards of 8 x 64 tokens (forward_seconds), fitted to `mine --budget quick` on SmolLM2
+    # (bench/bench_stage_costs.py, quiet run: 496 s; bench/results/stage_costs.md) and scaled by what each
+    # stage's work grows with: layers, heads, prompts, CHG updates x seeds x rows.
+    n_tool = budget.toolkit_n
+    out = [Stage("scan + causal checks", "scan", None, (20 + 2.5 * g.n_layers) * budget.scan_probe_n / 8, _scan)]
     if not lm.adapter.is_causal:
         return out
     task = toolkit_task(lm)
     out += [
-        Stage(f"ablation sweep ({task})", "ablation", task, heads / 8, _toolkit("ablation", task, mode="mean")),
-        Stage(f"activation patching ({task})", "patching", task, heads / 8, _toolkit("patching", task)),
-        Stage(f"attribution patching ({task})", "attribution", task, 6, _toolkit("attribution", task)),
-        Stage(f"direct logit attribution ({task})", "dla", task, 2, _toolkit("dla", task)),
+        Stage(f"ablation sweep ({task})", "ablation", task, 0.0188 * heads * n_tool, _toolkit("ablation", task, mode="mean")),
+        Stage(f"activation patching ({task})", "patching", task, 0.0168 * heads * n_tool, _toolkit("patching", task)),
+        Stage(f"attribution patching ({task})", "attribution", task, 0.14 * n_tool, _toolkit("attribution", task)),
+        Stage(f"direct logit attribution ({task})", "dla", task, 0.045 * n_tool, _toolkit("dla", task)),
     ]
     chg_tasks = dict.fromkeys(t if t != "ioi" else task for t in budget.chg_tasks)
-    chg = CHGConfig.preset_for(budget.chg_preset)  # cost: updates x (forward + backward) x seeds x batches of 8 rows
-    chg_cost = sum(chg.updates) * 3 * budget.chg_seeds * min(chg.batch_size, budget.chg_n) / 8
+    chg = CHGConfig.preset_for(budget.chg_preset)  # updates x (forward + backward) x seeds x rows
+    chg_cost = sum(chg.updates) * budget.chg_seeds * min(chg.batch_size, budget.chg_n) / 8
     out += [Stage(f"causal head gating ({t})", "chg", t, chg_cost, _chg(t)) for t in chg_tasks]
-    out.append(Stage("factual recall", "factual", None, 60 + 2 * heads / 8, _factual))
-    out.append(Stage("attention examples of every method's top heads", "attention", None, 4, _attention))
+    out.append(Stage("factual recall", "factual", None, (20 + 0.18 * heads) * budget.factual_n / 8, _factual))
+    out.append(Stage("attention examples of every method's top heads", "attention", None, 2.3, _attention))
     return out
 
 
