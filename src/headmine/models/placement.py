@@ -64,32 +64,42 @@ class DeviceRequest:
         return {"device_map": "auto"} if self.is_auto else {}
 
 
-def parse_device(device: str | torch.device) -> DeviceRequest:
-    """Check a device choice against this machine; a CUDA device without CUDA is a clear error."""
+def device_spec(device: str | torch.device) -> str:
+    """A device choice checked for its form only (``cpu``, ``auto``, ``cuda``, ``cuda:N``), normalised;
+    what a plan file written for another machine can check. :func:`parse_device` also checks this one."""
     spec = str(device).strip().lower()
     if spec == "auto":
-        return DeviceRequest("auto", None)
+        return spec
     try:
         dev = torch.device(spec)
     except RuntimeError:
         raise InputError(f"unknown device {device!r}", f"use {DEVICE_CHOICES}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device type {dev.type!r} is not supported", f"use {DEVICE_CHOICES}")
+    return "cpu" if dev.type == "cpu" else str(dev)
+
+
+def parse_device(device: str | torch.device) -> DeviceRequest:
+    """Check a device choice against this machine; a CUDA device without CUDA is a clear error."""
+    spec = device_spec(device)
+    if spec == "auto":
+        return DeviceRequest("auto", None)
+    dev = torch.device(spec)
     if dev.type == "cpu":
-        return DeviceRequest("cpu", torch.device("cpu"))
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelLoadError(
-                f"device {spec!r} was asked for, but this machine has no usable CUDA GPU "
-                f"(torch {torch.__version__} built {'with' if torch.backends.cuda.is_built() else 'without'} CUDA)",
-                "use --device cpu, or install a CUDA build of torch on a machine with a GPU",
-            )
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        if index >= torch.cuda.device_count():
-            raise ModelLoadError(
-                f"device {spec!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)",
-                f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or auto to spread the model over all of them",
-            )
-        return DeviceRequest(f"cuda:{index}", torch.device("cuda", index))
-    raise InputError(f"device type {dev.type!r} is not supported", f"use {DEVICE_CHOICES}")
+        return DeviceRequest("cpu", dev)
+    if not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"device {spec!r} was asked for, but this machine has no usable CUDA GPU "
+            f"(torch {torch.__version__} built {'with' if torch.backends.cuda.is_built() else 'without'} CUDA)",
+            "use --device cpu, or install a CUDA build of torch on a machine with a GPU",
+        )
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"device {spec!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)",
+            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or auto to spread the model over all of them",
+        )
+    return DeviceRequest(f"cuda:{index}", torch.device("cuda", index))
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -68,6 +68,7 @@ from headmine.causal.metrics import METRIC_KINDS
 from headmine.core.errors import InputError
 from headmine.detectors import DETECTORS
 from headmine.models.loading import EMBEDDED
+from headmine.models.placement import device_spec, dtype_name, parse_dtype
 from headmine.pipeline.mine import BUDGETS
 from headmine.tasks import TASKS
 
@@ -87,8 +88,6 @@ KIND_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 SETTINGS = (*COMMON_SETTINGS, *sorted({s for names in KIND_SETTINGS.values() for s in names}))
 METHOD_ALIASES = {"ablate": "ablation", "patch": "patching", "attribute": "attribution", "lens": "logit_lens"}
-DTYPES = ("float32", "bfloat16", "float16")
-_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
           "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
@@ -241,14 +240,13 @@ class _Checker:
                 raise self.fail(w, f"expected an integer >= {lo}, got {value!r}")
             return int(value)
 
-        if key == "device":
-            if not isinstance(value, str) or not _DEVICE.match(value.strip().lower()):
-                raise self.fail(w, f"unknown device {value!r}", "use cpu, cuda, cuda:N or auto")
-            return value.strip().lower()
-        if key == "dtype":
-            if value not in DTYPES:
-                raise self.fail(w, f"unknown dtype {value!r}", f"use {', '.join(DTYPES)}")
-            return value
+        if key in ("device", "dtype"):  # the loader's own rules (the form only: the plan may be for other machines)
+            if not isinstance(value, str):
+                raise self.fail(w, f"unknown {key} {value!r}", "give it as a string")
+            try:
+                return device_spec(value) if key == "device" else dtype_name(parse_dtype(value))
+            except InputError as err:
+                raise self.fail(w, err.problem, err.hint) from None
         if key in ("n", "batch_size", "top_k", "seeds"):
             return integer(1)
         if key in ("seed", "max_retries", "shots"):
