@@ -144,30 +144,45 @@ def toolkit_task(lm: LoadedModel) -> str:
     return "ioi"
 
 
+def stage_costs(n_layers: int, n_heads: int, budget: Budget) -> dict[str, float]:
+    """Each stage kind's cost in plain forwards of 8 x 64 tokens (``forward_seconds``); ``chg`` is per task.
+
+    Fitted to `mine --budget quick` on SmolLM2 (bench/bench_stage_costs.py, quiet run: 496 s;
+    bench/results/stage_costs.md) and scaled by what each stage's work grows with: layers, heads,
+    prompts, CHG updates x seeds x rows. The time estimate and bench/project_scale.py both use it.
+    """
+    heads, n_tool = n_layers * n_heads, budget.toolkit_n
+    chg = CHGConfig.preset_for(budget.chg_preset)  # updates x (forward + backward) x seeds x rows
+    return {
+        "scan": (20 + 2.5 * n_layers) * budget.scan_probe_n / 8,
+        "ablation": 0.0188 * heads * n_tool,
+        "patching": 0.0168 * heads * n_tool,
+        "attribution": 0.14 * n_tool,
+        "dla": 0.045 * n_tool,
+        "chg": sum(chg.updates) * budget.chg_seeds * min(chg.batch_size, budget.chg_n) / 8,
+        "factual": (20 + 0.18 * heads) * budget.factual_n / 8,
+        "attention": 2.3,
+    }
+
+
 def stages_for(lm: LoadedModel, budget: Budget) -> list[Stage]:
     """The job's stages for this model (decoder-only stages are left out for encoders)."""
     g = lm.geometry
-    heads = g.n_layers * g.n_heads
-    # Costs in plain forwards of 8 x 64 tokens (forward_seconds), fitted to `mine --budget quick` on SmolLM2
-    # (bench/bench_stage_costs.py, quiet run: 496 s; bench/results/stage_costs.md) and scaled by what each
-    # stage's work grows with: layers, heads, prompts, CHG updates x seeds x rows.
-    n_tool = budget.toolkit_n
-    out = [Stage("scan + causal checks", "scan", None, (20 + 2.5 * g.n_layers) * budget.scan_probe_n / 8, _scan)]
+    cost = stage_costs(g.n_layers, g.n_heads, budget)
+    out = [Stage("scan + causal checks", "scan", None, cost["scan"], _scan)]
     if not lm.adapter.is_causal:
         return out
     task = toolkit_task(lm)
     out += [
-        Stage(f"ablation sweep ({task})", "ablation", task, 0.0188 * heads * n_tool, _toolkit("ablation", task, mode="mean")),
-        Stage(f"activation patching ({task})", "patching", task, 0.0168 * heads * n_tool, _toolkit("patching", task)),
-        Stage(f"attribution patching ({task})", "attribution", task, 0.14 * n_tool, _toolkit("attribution", task)),
-        Stage(f"direct logit attribution ({task})", "dla", task, 0.045 * n_tool, _toolkit("dla", task)),
+        Stage(f"ablation sweep ({task})", "ablation", task, cost["ablation"], _toolkit("ablation", task, mode="mean")),
+        Stage(f"activation patching ({task})", "patching", task, cost["patching"], _toolkit("patching", task)),
+        Stage(f"attribution patching ({task})", "attribution", task, cost["attribution"], _toolkit("attribution", task)),
+        Stage(f"direct logit attribution ({task})", "dla", task, cost["dla"], _toolkit("dla", task)),
     ]
     chg_tasks = dict.fromkeys(t if t != "ioi" else task for t in budget.chg_tasks)
-    chg = CHGConfig.preset_for(budget.chg_preset)  # updates x (forward + backward) x seeds x rows
-    chg_cost = sum(chg.updates) * budget.chg_seeds * min(chg.batch_size, budget.chg_n) / 8
-    out += [Stage(f"causal head gating ({t})", "chg", t, chg_cost, _chg(t)) for t in chg_tasks]
-    out.append(Stage("factual recall", "factual", None, (20 + 0.18 * heads) * budget.factual_n / 8, _factual))
-    out.append(Stage("attention examples of every method's top heads", "attention", None, 2.3, _attention))
+    out += [Stage(f"causal head gating ({t})", "chg", t, cost["chg"], _chg(t)) for t in chg_tasks]
+    out.append(Stage("factual recall", "factual", None, cost["factual"], _factual))
+    out.append(Stage("attention examples of every method's top heads", "attention", None, cost["attention"], _attention))
     return out
 
 
