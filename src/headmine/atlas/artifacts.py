@@ -35,8 +35,16 @@ causal (JSON, scan): {detector: {detector, metric, heads, k, clean, topk_effect,
     random_mean, random_std, confirmed, expected_sign}}  -> the causal confirmation table.
 curve/<stage>/<name> or curve/<name> (npy, 1-D [steps] or 2-D [steps, seeds]) -> line charts.
 targeted_ablation (JSON, chg): {"ks": [k...], "<ranking>": [delta per k], ...} -> a line chart.
+apply_summary (JSON, on an application run: steer, fv, safety, inject, kv, prune): {"kind", "title", "paper",
+    "heads": ["L1H2", ...], "chosen": {param: value}, "tables": {name: [row, ...]}, "selection": [...],
+    "notes": [str], "data": {name: size}}; a row is {"split", "condition", "metric", "n", "value", "ci": [lo, hi]}
+    plus, when paired with the unedited model, {"delta", "delta_ci": [lo, hi], "significant"}
+    -> the applications section (built by headmine.apply.ApplyResult).
 Any other JSON artifact is shown (pretty-printed, size-capped) under the run's provenance.
 """
+
+APPLY_SUMMARY = "apply_summary"
+"""Artifact name of an application run's summary (see ``ARTIFACT_CONVENTIONS``)."""
 
 MAX_ATTN_TOKENS = 96
 """Tokens (and rows/columns of each pattern) the report keeps of one attention example."""

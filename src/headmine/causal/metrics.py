@@ -201,3 +201,34 @@ class HeadEffects:
                                      "metric": f"frac_{self.metric}{suffix}", "value": val / total, "n": n,
                                      "stderr": err / abs(total)})
         return scores_frame(rows)
+
+
+def bootstrap_ci(values: torch.Tensor, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap of the mean of ``values`` [N] (paired differences)."""
+    x = values.double().numpy()
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
+    a = (1 - level) / 2
+    return float(x.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def next_token_loss(lm: Any, input_ids: torch.Tensor, *, batch_size: int = 4) -> float:
+    """Mean next-token cross-entropy (nats) over ``input_ids`` [n_chunks, T] (every position of full rows).
+
+    Runs under whatever hooks are active (an intervention, a mitigation, an applied artifact), so the
+    same function measures the plain model and the edited one: a cost is the difference of two calls.
+    """
+    if input_ids.numel() == 0 or input_ids.shape[-1] < 2:
+        raise TaskError("the corpus sample is empty", "give at least one chunk of two or more tokens of unrelated text")
+    total, count = 0.0, 0
+    for start in range(0, input_ids.shape[0], batch_size):
+        ids = input_ids[start:start + batch_size].to(lm.device)
+        with torch.no_grad():
+            logits = lm.forward(ids, torch.ones_like(ids)).float()
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                               ids[:, 1:].reshape(-1).to(logits.device), reduction="sum")
+        total += float(ce)
+        count += ids[:, 1:].numel()
+    return total / count

@@ -22,7 +22,7 @@ from importlib.metadata import EntryPoint, entry_points
 
 from headmine.core.errors import HeadmineError
 
-GROUPS = ("headmine.detectors", "headmine.tasks", "headmine.methods", "headmine.models")
+GROUPS = ("headmine.detectors", "headmine.tasks", "headmine.methods", "headmine.models", "headmine.applications")
 """The entry-point groups headmine reads, one per extension point."""
 
 

@@ -5,7 +5,7 @@ method writes becomes a heatmap, enters its task's agreement table and shows on 
 few artifacts get specific views when present (see ``headmine.atlas.artifacts.ARTIFACT_CONVENTIONS``).
 The pieces: ``series`` (score maps, ranks, scales, agreement), ``meaning`` (what a sign means),
 ``evidence`` (confirmed roles vs evidence), ``labels`` (labels, head-type cards), ``tasks`` (per-task
-panels), ``chg`` (the CHG section), ``runs`` (opening, provenance, geometry), ``views`` (artifact views).
+panels), ``chg`` (the CHG section), ``runs`` (opening, provenance, geometry), ``views`` (artifact views), ``applications`` (heads put to work).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headmine.atlas import Atlas
+from headmine.report.applications import application_runs
 from headmine.report.chg import CHG_DEFINITIONS, chg_runs
 from headmine.report.evidence import head_evidence, role_map
 from headmine.report.labels import head_labels, head_type_sections, papers_by_type
@@ -61,6 +62,7 @@ class ModelData:
     attn: dict[str, Any]
     papers_by_type: dict[str, list[dict[str, Any]]]
     definitions: dict[str, str]
+    applications: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -181,5 +183,6 @@ def load_model_data(atlas: Atlas, model: str, *, run_ids: Iterable[int] | None =
         attn=attn,
         papers_by_type={k: v for k, v in papers.items() if k in shown},
         definitions=definitions,
+        applications=application_runs(atlas, runs),
         notes=notes,
     )

@@ -27,9 +27,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
+from headmine.causal.metrics import bootstrap_ci as bootstrap_ci  # re-exported: the factual analyses' CI
 from headmine.core.errors import TaskError
 from headmine.models.base import submodule
 from headmine.models.loading import LoadedModel
@@ -181,14 +181,3 @@ def end_logits(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.T
     lm.check_length(input_ids.shape[-1])
     out = submodule(lm.model, "base_model")(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device))
     return lm.adapter.unembed(rows_at(out.last_hidden_state, end_pos))
-
-
-def bootstrap_ci(values: torch.Tensor, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap of the mean of ``values`` [N] (paired differences)."""
-    x = values.double().numpy()
-    if x.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
-    a = (1 - level) / 2
-    return float(x.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))

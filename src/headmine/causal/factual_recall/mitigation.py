@@ -46,6 +46,7 @@ from headmine.causal.factual_recall.common import (
     end_logits,
     sub_batches,
 )
+from headmine.causal.metrics import next_token_loss
 from headmine.core.errors import InputError, TaskError
 from headmine.core.ids import HeadId, Site
 from headmine.models.loading import LoadedModel
@@ -159,20 +160,10 @@ def corpus_loss(lm: LoadedModel, corpus_ids: torch.Tensor, mitigation: Mitigatio
     """Mean next-token cross-entropy (nats) over ``corpus_ids`` [n_chunks, T], optionally mitigated."""
     if corpus_ids.numel() == 0:
         raise InputError("the corpus sample is empty", "give at least one chunk of unrelated text")
-    total, count = 0.0, 0
     with ExitStack() as stack:
         if mitigation is not None:
             stack.enter_context(mitigated(lm, mitigation))
-        for start in range(0, corpus_ids.shape[0], batch_size):
-            ids = corpus_ids[start:start + batch_size].to(lm.device)
-            with torch.no_grad():
-                logits = lm.forward(ids, torch.ones_like(ids)).float()
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                   ids[:, 1:].reshape(-1).to(logits.device),
-                                                   reduction="sum")
-            total += float(ce)
-            count += ids[:, 1:].numel()
-    return total / count
+        return next_token_loss(lm, corpus_ids, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------- splits, selection, evaluation
