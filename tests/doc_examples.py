@@ -1,7 +1,7 @@
 """The extension examples of docs/DEVELOPING.md, read from the doc itself (one source of truth).
 
 Each example is the python block that follows a ``<!-- example: NAME -->`` marker: ``task``,
-``detector``, ``method`` and ``model``. Tests write them as modules of a package and import them in-process
+``detector``, ``method``, ``model`` and ``application``. Tests write them as modules of a package and import them in-process
 (tests/unit/test_developing_examples.py) or install them as a plugin package (tests/plugins/test_plugins.py).
 """
 
@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "DEVELOPING.md"
-NAMES = ("task", "detector", "method", "model")
+NAMES = ("task", "detector", "method", "model", "application")
 """Import order: the detector's causal check names the task, so the task comes first."""
 
 
@@ -25,7 +25,7 @@ def doc_examples() -> dict[str, str]:
 
 
 def write_package(root: Path, package: str) -> Path:
-    """Write the examples as ``root/package/{task,detector,method,model}.py``; returns the package folder."""
+    """Write the examples as ``root/package/{task,detector,method,model,application}.py``; returns the package folder."""
     pkg = root / package
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text('"""The extension examples of docs/DEVELOPING.md."""\n', encoding="utf-8")

@@ -35,6 +35,9 @@ head_scaling = {PACKAGE}.method
 
 [headmine.models]
 starcoder2 = {PACKAGE}.model
+
+[headmine.applications]
+silence = {PACKAGE}.application
 """
 
 
@@ -121,6 +124,33 @@ def test_plugin_model_family_gets_its_adapter(plugin_path):
     assert out.stdout.split() == ["Starcoder2Adapter", "True", "2"]
     plain = subprocess.run([sys.executable, "-c", FAMILY_PROBE], capture_output=True, text=True, timeout=300)
     assert plain.stdout.split() == ["unsupported", "True"]  # without the plugin: a clear "no adapter" error
+
+
+APPLICATION_PROBE = """
+import torch
+from headmine.apply import APPLICATIONS, HeadArtifact, applied
+from headmine.core.ids import HeadId
+from headmine.models.loading import load_model
+print("silence" in APPLICATIONS)
+lm = load_model("toy-induction")
+art = HeadArtifact(kind="silence", model=lm.name, geometry={}, heads=(HeadId(1, 0),), params={"factor": 0.0})
+ids = torch.arange(5, 17)[None]
+try:
+    with applied(lm, art):
+        print(not torch.equal(lm.forward(ids), load_model("toy-induction").forward(ids)))
+except Exception as err:
+    print(type(err).__name__)
+"""
+
+
+def test_plugin_application_applies(plugin_path):
+    """An application from an entry point is found by the registry and applied by ``applied``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(plugin_path), os.environ.get("PYTHONPATH", ""))))}
+    out = subprocess.run([sys.executable, "-c", APPLICATION_PROBE], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
+    plain = subprocess.run([sys.executable, "-c", APPLICATION_PROBE], capture_output=True, text=True, timeout=300)
+    assert plain.stdout.split() == ["False", "InputError"]  # without the plugin: "unknown application"
 
 
 def test_without_the_plugin_nothing_of_it_exists(tmp_path):

@@ -16,8 +16,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Starcoder2Config
 
+from headmine.apply import APPLICATIONS, HeadArtifact, applied
 from headmine.atlas import Atlas, write_job
+from headmine.causal import Zero, intervening
 from headmine.causal.methods import METHODS
+from headmine.core.ids import HeadId
 from headmine.core.provenance import ModelProvenance
 from headmine.detectors import unregister as unregister_detector
 from headmine.models.base import ADAPTERS
@@ -45,6 +48,7 @@ def examples(tmp_path_factory):
         unregister_detector("self_attention")
         METHODS.unregister("head_scaling")
         ADAPTERS.unregister("starcoder2")
+        APPLICATIONS.unregister("silence")
         for name in [m for m in sys.modules if m.startswith(PACKAGE)]:
             del sys.modules[name]
 
@@ -94,3 +98,17 @@ def test_doc_model_family_passes_the_wiring_checks(examples):
     spec = adapter.final_norm_spec()
     assert spec is not None and spec.kind == "layer"
     assert torch.allclose(spec(x), model.model.norm(x), atol=1e-5)
+
+
+def test_doc_application_saves_loads_and_applies(examples, toy, tmp_path):
+    """The example application: its artifact round-trips and, applied, equals the engine's zero ablation."""
+    app = APPLICATIONS.get("silence")
+    heads = (HeadId(1, 0), HeadId(1, 2))
+    app.artifact(toy, heads, factor=0.0).save(tmp_path / "silence")
+    art = HeadArtifact.load(tmp_path / "silence.json", kind="silence")
+    ids = torch.randint(5, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    with applied(toy, art):
+        edited = toy.forward(ids)
+    with intervening(toy, [Zero(heads=heads)]):
+        oracle = toy.forward(ids)
+    assert torch.equal(edited, oracle) and not torch.allclose(edited, toy.forward(ids))
