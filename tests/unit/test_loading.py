@@ -75,6 +75,48 @@ def test_failed_conversion_leaves_no_half_written_entry(cache, tmp_path, monkeyp
     assert list((cache / "gguf").iterdir()) == []
 
 
+class _NoTokenizer:
+    def save_pretrained(self, folder) -> None:
+        Path(folder, "tokenizer_config.json").write_text("{}")
+
+
+@pytest.mark.parametrize("damage", ["bit flip", "truncation", "no hashes"])
+def test_a_damaged_cache_entry_is_detected_and_converted_again(cache, monkeypatch, damage):
+    """A bit-flipped or truncated cached weight file never loads: it is detected by its recorded SHA-256,
+    discarded with a warning, and converted again from the GGUF file; an entry without hashes (written
+    before they were recorded) is converted again silently."""
+    import transformers
+
+    from tests.tiny_models import tiny_model
+
+    tiny = tiny_model("llama-gqa").model  # stands in for the slow de-quantisation
+    calls = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: calls.append(1) or tiny)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: _NoTokenizer())
+    gguf = resolve_embedded("smollm2")
+    folder, _ = loading._gguf_to_cache(gguf)
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+    assert loading.cache_damage(folder) is None and len(calls) == 1
+    assert loading._gguf_to_cache(gguf)[0] == folder and len(calls) == 1  # intact: used as it is
+    if damage == "bit flip":
+        raw = bytearray(good)
+        raw[len(raw) // 2] ^= 0x01
+        weights.write_bytes(bytes(raw))
+    elif damage == "truncation":
+        weights.write_bytes(good[: len(good) // 3])
+    else:
+        (folder / loading.CACHE_MANIFEST).write_text(json.dumps({"gguf": str(gguf)}))
+    assert loading.cache_damage(folder) is not None
+    if damage == "no hashes":
+        loading._gguf_to_cache(gguf)
+    else:
+        with pytest.warns(RuntimeWarning, match="damaged"):
+            loading._gguf_to_cache(gguf)
+    assert len(calls) == 2 and loading.cache_damage(folder) is None and weights.read_bytes() == good
+    assert [p.name for p in (cache / "gguf").iterdir()] == [folder.name]  # nothing damaged left behind
+
+
 @pytest.mark.slow
 def test_local_folder_and_cache_round_trip(smollm2, tmp_path):
     """The cache folder is a plain HF folder: loading it as a local model gives the same logits."""

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,13 +215,61 @@ def _check_gguf(path: Path) -> None:
         ) from None
 
 
+CACHE_MANIFEST = "headmine_source.json"
+"""In each converted folder: the source GGUF, its SHA-256 and the SHA-256 of every weight file written."""
+
+
+def cache_damage(folder: Path) -> str | None:
+    """Why a converted cache folder cannot be trusted (None when every weight file matches its recorded hash).
+
+    A truncated or bit-flipped ``model.safetensors`` would otherwise load silently with wrong weights
+    (a bit flip) or fail deep inside safetensors (a truncation). Folders converted before hashes were
+    recorded count as damaged too, so they are converted once more.
+    """
+    try:
+        manifest = json.loads((folder / CACHE_MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "it records no weight hashes"
+    if not files:
+        return "it records no weight files"
+    for name, digest in files.items():
+        f = folder / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if file_sha256(f) != digest:
+            return f"{name} does not match the SHA-256 recorded when it was written (truncated or corrupted)"
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged cache folder aside, then delete it (another process may be doing the same)."""
+    trash = folder.with_name(f".{folder.name}-damaged-{os.getpid()}")
+    try:
+        os.replace(folder, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _gguf_to_cache(path: Path) -> tuple[Path, str]:
-    """Convert a GGUF file to a safetensors folder in the cache once; return (folder, sha256)."""
+    """Convert a GGUF file to a safetensors folder in the cache once; return (folder, sha256).
+
+    A cached folder is used only when its weight files match the hashes recorded at conversion
+    (:func:`cache_damage`); a damaged one is discarded, with a warning, and converted again from the
+    GGUF file (the source of truth), so a damaged cache never loads wrong weights.
+    """
     _check_gguf(path)
     digest = file_sha256(path)
     target = cache_root() / "gguf" / digest[:24]
     if (target / "config.json").exists():
-        return target, digest
+        damage = cache_damage(target)
+        if damage is None:
+            return target, digest
+        if "records no weight" not in damage:
+            warnings.warn(f"the converted cache of {path.name} in {target} is damaged ({damage}); converting it again",
+                          RuntimeWarning, stacklevel=3)
+        _discard(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{digest[:24]}-"))
     try:
@@ -232,7 +281,8 @@ def _gguf_to_cache(path: Path) -> tuple[Path, str]:
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "headmine_source.json").write_text(json.dumps({"gguf": str(path), "sha256": digest}))
+        files = {f.name: file_sha256(f) for f in sorted(tmp.glob("*.safetensors"))}
+        (tmp / CACHE_MANIFEST).write_text(json.dumps({"gguf": str(path), "sha256": digest, "files": files}))
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first
