@@ -289,6 +289,20 @@ def test_hostile_strings_render_as_text(browser, report):
     assert EVIL.startswith("<script>")
 
 
+def test_csp_refuses_a_smuggled_inline_script(browser, report, tmp_path):
+    """Were a string ever to escape escaping, the page's CSP (script-src = the hash of our one script)
+    stops it: a copy of the page with an injected inline script and an onerror handler still works,
+    and neither injected script runs."""
+    html = report["page"].read_text(encoding="utf-8")
+    evil = ('<script>document.body.setAttribute("data-pwned", "1")</script>'
+            '<img src="data:," onerror="document.body.setAttribute(\'data-pwned\', \'2\')">')
+    tampered = tmp_path / "tampered.html"
+    tampered.write_text(html.replace("<body>", "<body>" + evil, 1), encoding="utf-8")
+    _open(browser, tampered)  # our own script still ran (it sets data-ready)
+    assert browser.find_element("css selector", "body").get_attribute("data-pwned") is None
+    assert any("Content Security Policy" in e["message"] for e in browser.get_log("browser"))
+
+
 def test_comparison_and_index_pages(browser, report):
     _open(browser, report["compare"])
     assert len(browser.find_elements("css selector", "div.heatmap[data-side] svg")) >= 3

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -74,6 +77,11 @@ def test_pages_are_self_contained(pages):
         html = path.read_text(encoding="utf-8")
         assert " src=" not in html and "<link rel=\"stylesheet\"" not in html and "@import" not in html
         assert "Content-Security-Policy" in html
+        csp = re.search(r'Content-Security-Policy" content="([^"]+)"', html).group(1)
+        scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+        assert len(scripts) == 1  # one executable script; the data block is type="application/json"
+        digest = base64.b64encode(hashlib.sha256(scripts[0].encode("utf-8")).digest()).decode()
+        assert f"script-src 'sha256-{digest}';" in csp and "unsafe" not in csp.split("script-src")[1].split(";")[0]
         head = html.split("<body>")[0]
         assert "http" not in head.replace("http-equiv", "")
 

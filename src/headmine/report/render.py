@@ -8,6 +8,8 @@ puts data into the DOM with ``textContent`` only, never ``innerHTML``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 from functools import lru_cache
@@ -101,8 +103,23 @@ def environment() -> jinja2.Environment:
     env.filters["overlap_color"] = _overlap_color
     env.globals["inline_css"] = lambda: Markup(_static("report.css"))
     # the script is our own file; "</" cannot appear in it (checked by the tests)
-    env.globals["inline_js"] = lambda: Markup("\n".join(_static(name) for name in SCRIPTS))
+    env.globals["inline_js"] = lambda: Markup(page_script())
+    env.globals["script_csp"] = lambda: Markup(script_source_hash())
     return env
+
+
+@lru_cache(maxsize=1)
+def page_script() -> str:
+    """The page's one script: :data:`SCRIPTS` inlined in order."""
+    return "\n".join(_static(name) for name in SCRIPTS)
+
+
+@lru_cache(maxsize=1)
+def script_source_hash() -> str:
+    """The CSP source that allows exactly :func:`page_script` (``'sha256-...'``): any other inline
+    script, e.g. one smuggled in by a string that escaped escaping, is refused by the browser."""
+    digest = hashlib.sha256(page_script().encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
 
 
 def render(template: str, **context: Any) -> str:
