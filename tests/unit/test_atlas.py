@@ -467,3 +467,19 @@ def test_atlas_does_not_import_torch() -> None:
     code = "import sys, headmine.atlas, headmine.atlas.export; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_check_target_validates_without_creating(tmp_path: Path) -> None:
+    """Commands check their atlas path before a long job and leave no empty atlas behind when refused."""
+    target = tmp_path / "new.db"
+    Atlas.check_target(target)
+    assert not target.exists()
+    with pytest.raises(AtlasError, match="does not exist"):
+        Atlas.check_target(tmp_path / "missing" / "a.db")
+    with pytest.raises(AtlasError, match="folder, not an atlas"):
+        Atlas.check_target(tmp_path)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite at all" * 10)
+    with pytest.raises(AtlasError, match="not"):
+        Atlas.check_target(junk)
+    assert junk.read_bytes() == b"not sqlite at all" * 10

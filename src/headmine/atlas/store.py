@@ -30,6 +30,29 @@ class Atlas(AtlasWriter, AtlasQueries, CatalogQueries):
     """A connection to one atlas file. Open with :meth:`Atlas.open`; usable as a context manager."""
 
     # ------------------------------------------------------------------ opening
+    @staticmethod
+    def _check_creatable(p: Path) -> None:
+        if not p.parent.is_dir():
+            raise AtlasError(
+                f"cannot create an atlas at {p}: folder {p.parent} does not exist",
+                "create the folder first or choose another path",
+            )
+        if not os.access(p.parent, os.W_OK | os.X_OK):
+            raise AtlasError(
+                f"cannot create an atlas at {p}: folder {p.parent} is read-only",
+                "choose a writable location (e.g. under your home folder)",
+            )
+
+    @classmethod
+    def check_target(cls, path: str | os.PathLike[str]) -> None:
+        """Fail now, with the error :meth:`open` would give later, if a job could not write its run to
+        ``path``; create nothing (a command refused later, e.g. for a bad option, leaves no empty atlas)."""
+        p = Path(path).expanduser().absolute()
+        if p.exists():
+            cls.open(p).close()
+        else:
+            cls._check_creatable(p)
+
     @classmethod
     def open(
         cls,
@@ -62,16 +85,7 @@ class Atlas(AtlasWriter, AtlasQueries, CatalogQueries):
                     "check the path; a command that writes (`headmine mine`, `headmine scan --atlas PATH`) creates a "
                     "new atlas, as does Atlas.open(path) in Python",
                 )
-            if not p.parent.is_dir():
-                raise AtlasError(
-                    f"cannot create an atlas at {p}: folder {p.parent} does not exist",
-                    "create the folder first or choose another path",
-                )
-            if not os.access(p.parent, os.W_OK | os.X_OK):
-                raise AtlasError(
-                    f"cannot create an atlas at {p}: folder {p.parent} is read-only",
-                    "choose a writable location (e.g. under your home folder)",
-                )
+            cls._check_creatable(p)
         else:
             cls._check_header(p)
             if not readonly:

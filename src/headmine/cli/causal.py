@@ -17,7 +17,15 @@ from rich.table import Table
 from headmine.atlas import write_job
 from headmine.causal.logit_lens import LensResult
 from headmine.causal.methods import METHODS, CausalMethod, MethodConfig, get_method
-from headmine.cli.common import Device, Dtype, TrustRemoteCode, console, friendly_errors, load_with_status
+from headmine.cli.common import (
+    Device,
+    Dtype,
+    TrustRemoteCode,
+    check_atlas,
+    console,
+    friendly_errors,
+    load_with_status,
+)
 from headmine.core.errors import InputError
 from headmine.pipeline.causal import CausalRun, run_causal
 from headmine.report.heatmap import write_heatmap_html
@@ -159,6 +167,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run any registered causal method by name (list them with `headmine methods`)."""
         method = get_method(name)
+        check_atlas(atlas)
         run = _run(model, method.name, _load(device, dtype, trust_remote_code), task=task, n=n, seed=seed, metric=metric, **parse_settings(setting, method))
         _finish(run, atlas, html, top, f"{method.name}, {task}: {run.inputs.metric.kind}")
 
@@ -190,6 +199,7 @@ def register(app: typer.Typer) -> None:
         top: int = typer.Option(10, help="heads to list"),
     ) -> None:
         """Ablate every head in turn (exact fast sweep) and show the metric change per head."""
+        check_atlas(atlas)
         run = _run(model, "ablation", _load(device, dtype, trust_remote_code), task=task, mode=mode, reference=reference, n=n, seed=seed, metric=metric)
         _finish(run, atlas, html, top, f"{mode} ablation, {task}: change of {run.inputs.metric.kind}")
 
@@ -210,6 +220,7 @@ def register(app: typer.Typer) -> None:
         top: int = typer.Option(10),
     ) -> None:
         """Activation patching per head (or path patching with --path-to) between clean and corrupted prompts."""
+        check_atlas(atlas)
         run = _run(model, "path_patching" if path_to else "patching", _load(device, dtype, trust_remote_code), task=task, per_position=per_position,
                    direction=direction, receivers=path_to, receiver_input=receiver_input, n=n, seed=seed, metric=metric)
         if path_to:
@@ -233,6 +244,7 @@ def register(app: typer.Typer) -> None:
         top: int = typer.Option(10),
     ) -> None:
         """Attribution patching for all heads in one forward/backward (or --dla: direct logit attribution)."""
+        check_atlas(atlas)
         run = _run(model, "dla" if dla else "attribution", _load(device, dtype, trust_remote_code), task=task, ig_steps=ig_steps, n=n, seed=seed, metric=metric)
         if dla:
             title = f"direct logit attribution, {task}"
@@ -251,6 +263,7 @@ def register(app: typer.Typer) -> None:
         atlas: str = typer.Option(None, help="write the run into this atlas file"),
     ) -> None:
         """Logit lens: the answer's probability and rank after every layer."""
+        check_atlas(atlas)
         run = _run(model, "logit_lens", _load(device, dtype, trust_remote_code), task=task, n=n, seed=seed, metric=metric)
         title = f"logit lens, {task}"
         console.print(_lens_table(cast(LensResult, run.result), run.inputs.metric.kind, title))

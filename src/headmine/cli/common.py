@@ -8,10 +8,11 @@ from typing import Annotated, Any
 import typer
 from transformers.utils import logging as hf_logging
 
+from headmine.atlas import Atlas
 from headmine.cli.console import console, err_console, friendly_errors, is_tty
 from headmine.models.loading import LoadedModel, load_model
 
-__all__ = ["Device", "Dtype", "TrustRemoteCode", "console", "err_console", "friendly_errors", "is_tty", "load_with_status"]
+__all__ = ["Device", "Dtype", "TrustRemoteCode", "check_atlas", "console", "err_console", "friendly_errors", "is_tty", "load_with_status"]
 
 # The options of every command that loads a model (checked by models.placement before the load starts).
 Device = Annotated[str, typer.Option(
@@ -26,3 +27,10 @@ def load_with_status(name: str, **kwargs: Any) -> LoadedModel:
     hf_logging.disable_progress_bar()
     with console.status(f"loading {name} (the first load of a GGUF file converts it once, ~1 min)"):
         return load_model(name, **kwargs)
+
+
+def check_atlas(atlas: Any) -> None:
+    """Before a model loads: fail now if the run could not be written to ``atlas`` later (a long job's
+    results are never lost to a bad path), and create nothing (None: no atlas asked for)."""
+    if atlas:
+        Atlas.check_target(atlas)

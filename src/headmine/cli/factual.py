@@ -10,7 +10,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from headmine.atlas import write_job
-from headmine.cli.common import Device, Dtype, TrustRemoteCode, console, friendly_errors, load_with_status
+from headmine.cli.common import (
+    Device,
+    Dtype,
+    TrustRemoteCode,
+    check_atlas,
+    console,
+    friendly_errors,
+    load_with_status,
+)
 from headmine.pipeline.factual import FactualConfig, run_factual
 
 
@@ -44,6 +52,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size"),
     ) -> None:
         """Factual recall mechanisms (Lv et al. 2024 style) on MODEL, with a held-out-tested mitigation."""
+        check_atlas(atlas)
         lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         cfg = FactualConfig(relations=_split(relation), heldout_relations=_split(heldout), n_per_relation=n, shots=shots,
                             top_k=top_k, max_cost=max_cost, seed=seed, batch_size=batch_size)

@@ -19,7 +19,15 @@ from headmine.causal.contrastive_gating import (
     split_pair_rows,
 )
 from headmine.causal.head_gating import LABELS, CHGConfig, CHGResult, load_data_file, task_data
-from headmine.cli.common import Device, Dtype, TrustRemoteCode, console, friendly_errors, load_with_status
+from headmine.cli.common import (
+    Device,
+    Dtype,
+    TrustRemoteCode,
+    check_atlas,
+    console,
+    friendly_errors,
+    load_with_status,
+)
 from headmine.core.errors import InputError
 from headmine.pipeline.gating import contrast_model, gate_model, head_labels
 
@@ -122,6 +130,7 @@ def register(app: typer.Typer) -> None:
         cfg = CHGConfig.preset_for(preset, seeds=seeds, updates=_updates(updates), batch_size=batch_size,
                                    micro_batch=micro_batch, lam=lam, seed=seed)
         n = cfg.rows if n is None else n
+        check_atlas(None if no_atlas else atlas)
         lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         prompts = None
         if data is not None:
@@ -191,6 +200,7 @@ def register(app: typer.Typer) -> None:
         if builtin is None and (retain is None or forget is None):
             raise InputError("give --retain A --forget B, or --builtin instruction|fewshot", "e.g. --builtin instruction")
         cfg = ContrastConfig.preset_for(preset, seeds=seeds, updates=updates, batch_size=batch_size, seed=seed)
+        check_atlas(None if no_atlas else atlas)
         lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         if builtin is not None:
             split = builtin_contrast_split(lm, forget=builtin, heldout_tasks=tuple(heldout_task or ("singular_plural",)),

@@ -8,7 +8,15 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from headmine.cli.common import Device, Dtype, TrustRemoteCode, console, friendly_errors, load_with_status
+from headmine.cli.common import (
+    Device,
+    Dtype,
+    TrustRemoteCode,
+    check_atlas,
+    console,
+    friendly_errors,
+    load_with_status,
+)
 from headmine.pipeline.mine import mine as run_mine
 from headmine.pipeline.mine import plan
 from headmine.report import build_report
@@ -29,8 +37,9 @@ def register(app: typer.Typer) -> None:
         """Mine MODEL: scan all head types, confirm causally, patch/attribute IOI, gate heads (CHG),
         analyse factual recall, store everything in the atlas and write the report. Resumable."""
         started = time.perf_counter()
-        lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         atlas.parent.mkdir(parents=True, exist_ok=True)
+        check_atlas(atlas)
+        lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         todo = plan(lm, atlas, budget=budget, fresh=fresh)
         stages = todo.stages
         console.print(f"[bold]headmine mine {model}[/] (budget {budget}, session {todo.group_id}): {len(stages)} stages, "

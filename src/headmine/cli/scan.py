@@ -11,7 +11,15 @@ from rich.table import Table
 
 from headmine.atlas import Atlas, export_run, write_job
 from headmine.catalog import resolve_head_type
-from headmine.cli.common import Device, Dtype, TrustRemoteCode, console, friendly_errors, load_with_status
+from headmine.cli.common import (
+    Device,
+    Dtype,
+    TrustRemoteCode,
+    check_atlas,
+    console,
+    friendly_errors,
+    load_with_status,
+)
 from headmine.core.errors import InputError
 from headmine.detectors import resolve_detectors
 from headmine.pipeline.scan import ScanConfig, probe_sizes, scan_model
@@ -44,8 +52,7 @@ def register(app: typer.Typer) -> None:
         resolve_detectors(names)  # unknown names fail before the model loads
         config = ScanConfig(detectors=tuple(names) if names else None, probe_params=probe_sizes(n),
                             batch_size=batch_size, seed=seed, causal=causal, top_k=top_k)
-        if atlas is not None:  # a bad atlas path fails before the (long) scan
-            Atlas.open(atlas).close()
+        check_atlas(atlas)  # a bad atlas path fails before the (long) scan
         lm = load_with_status(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as bars:
