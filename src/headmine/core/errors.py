@@ -36,6 +36,10 @@ class TaskError(HeadmineError, ValueError):
     """A task or dataset that cannot be built for this tokenizer."""
 
 
+class NumericalError(HeadmineError):
+    """NaN or inf in a model's weights or activations; the message names where they first appear."""
+
+
 class AtlasError(HeadmineError):
     """The atlas database is missing, foreign, too new, or not writable."""
 

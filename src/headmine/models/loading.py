@@ -27,6 +27,7 @@ from headmine.core.errors import InputError, ModelLoadError
 from headmine.core.provenance import ModelProvenance, file_sha256
 from headmine.models.base import ADAPTERS, HeadGeometry, ModelAdapter, attention_implementation_of
 from headmine.models.families import adapter_for
+from headmine.models.numerics import check_weights, install_finite_check
 from headmine.models.placement import dtype_name, module_device, parse_device, parse_dtype, placement_summary
 
 DEFAULT_MODEL = "smollm2"
@@ -369,13 +370,16 @@ def load_model(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    check_weights(model, name)
     adapter = adapter_for(model)
     provenance = ModelProvenance(
         name=name, source=str(source), source_kind=kind, file_hash=file_hash, revision=revision,
         dtype=dtype_name(dtype), attn_implementation=attention_implementation_of(model),
         device=placement.spec, placement=placement_summary(model), model_type=config.model_type,
     )
-    return LoadedModel(name=name, model=model, tokenizer=tokenizer, adapter=adapter, provenance=provenance)
+    lm = LoadedModel(name=name, model=model, tokenizer=tokenizer, adapter=adapter, provenance=provenance)
+    install_finite_check(lm)
+    return lm
 
 
 class _ConfigOnly(nn.Module):

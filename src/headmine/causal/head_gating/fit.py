@@ -15,7 +15,7 @@ from headmine.causal.head_gating.convergence import StageDiagnostics, assess, st
 from headmine.causal.head_gating.data import GatingData
 from headmine.causal.head_gating.logprob import gated_logprob, mean_logprob
 from headmine.causal.head_gating.results import CHGResult
-from headmine.core.errors import InputError
+from headmine.core.errors import InputError, NumericalError
 from headmine.models.loading import LoadedModel
 
 #: the share of a stage's updates over which convergence is judged (its last 10%).
@@ -110,7 +110,11 @@ def fit_stage(
     for step in range(updates):
         rows = batches.next()
         opt.zero_grad(set_to_none=True)
-        loss, parts = loss_fn(theta, rows)
+        try:
+            loss, parts = loss_fn(theta, rows)
+        except NumericalError as err:  # the forward itself went non-finite (it names the layer and heads)
+            stopped = f"non-finite forward at stage {stage}, update {step + 1}: {err.problem}; kept the gates of update {step}"
+            break
         if not torch.isfinite(loss).all() or theta.grad is None or not torch.isfinite(theta.grad).all():
             stopped = f"non-finite loss at stage {stage}, update {step + 1}; kept the gates of update {step}"
             break
@@ -198,7 +202,10 @@ def fit_chg(lm: LoadedModel, data: GatingData, config: CHGConfig | None = None, 
                         stage=stage, progress=progress)
         thetas[stage], curves[stage], done[stage], stopped = res.theta, res.curves, res.done, res.stopped
         tail = res.theta_tail if res.theta_tail is not None else init
-        losses = [stage_objective(lm, ev, t, lam, cfg) for t in (init, tail, res.theta)]
+        try:
+            losses = [stage_objective(lm, ev, t, lam, cfg) for t in (init, tail, res.theta)]
+        except NumericalError:  # the model itself went non-finite (the stop message names where): no objective
+            losses = [torch.full((cfg.seeds,), float("nan"), dtype=torch.float64)] * 3
         diagnostics[stage] = stage_diagnostics(stage, res.done, losses, res.curves, tail, res.theta,
                                                res.done - tail_start(res.done))
     result = CHGResult(
