@@ -483,3 +483,21 @@ def test_check_target_validates_without_creating(tmp_path: Path) -> None:
     with pytest.raises(AtlasError, match="not"):
         Atlas.check_target(junk)
     assert junk.read_bytes() == b"not sqlite at all" * 10
+
+
+def test_full_disk_is_a_clear_error_and_damages_nothing(db_path: Path) -> None:
+    """ENOSPC as SQLite sees it (SQLITE_FULL, here from a page-count cap on the file): the failed run is
+    rolled back whole, the error says the disk is full, and every run stored before stays readable."""
+    with Atlas.open(db_path) as db:
+        first = db.write_run(RunRecord(kind="scan", model="m", key="kept"),
+                             scores=[ScoreRow(layer=0, head=h, method="induction", value=float(h)) for h in range(20)])
+        pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
+        db.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        big = [ScoreRow(layer=layer, head=h, method="induction", value=0.5) for layer in range(200) for h in range(50)]
+        with pytest.raises(AtlasError, match="disk is full") as info:
+            db.write_run(RunRecord(kind="scan", model="m", key="too-big"), scores=big)
+        assert "intact" in str(info.value) and info.value.hint
+    with Atlas.open(db_path, readonly=True) as db:
+        assert db.find_run(key="too-big") is None and db.find_run(key="kept") == first
+        assert len(db.scores(run_id=first)) == 20
+        assert db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

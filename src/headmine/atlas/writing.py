@@ -62,6 +62,12 @@ class AtlasWriter(AtlasConnection):
                 f"the atlas {self.path} stayed locked by another writer: {err}",
                 "wait for the other headmine process to finish, or open with a longer timeout=",
             )
+        if "full" in msg:  # SQLITE_FULL: the disk (or the database's size limit) is full
+            return AtlasError(
+                f"cannot write to the atlas {self.path}: the disk is full ({err}); nothing of this run was written "
+                "and the runs already stored are intact",
+                "free disk space (or move the atlas to a larger disk) and run the command again",
+            )
         return err
 
     def ensure_catalog(self) -> bool:
