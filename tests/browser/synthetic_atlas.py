@@ -52,10 +52,10 @@ def _rows(method: str, metric: str, m: np.ndarray, n: int = 16) -> list[ScoreRow
             for (layer, head), v in np.ndenumerate(m)]
 
 
-def _attn(tokens: list[str], kind: str) -> list[list[float]]:
+def _attn(tokens: list[str], kind: str, period: int | None = None) -> list[list[float]]:
     n = len(tokens)
     rows = []
-    half = n // 2
+    half = period or n // 2
     for q in range(n):
         row = [0.0] * (q + 1)
         if kind == "prev" and q > 0:
@@ -93,7 +93,8 @@ def write_scan(db: Atlas, model: str, seed: int = 0, *, text: str = EVIL, n_laye
                         value=float(prev[1, 2]), threshold=0.4, note=text)]
     labels += [LabelRow(layer=0, head=h, head_type="Attention Sink", method="attention_sink", value=float(sink[0, h]),
                         threshold=0.5) for h in (0, 3)]
-    tokens = ["<s>", " The", " cat", " sat", " &", " <b>", text, " The", " cat", " sat", " &", " <b>"]
+    tokens = ["<s>", " The", " cat", " sat", " &", " <b>", text, " The", " cat", " sat", " &", " <b>",
+              "\u202eevil\u202c", "x" * 3000]  # a bidi override and a very long token
     artifacts = {
         "causal": {"induction": {"detector": "induction", "metric": "loss", "heads": ["L2H1", "L3H4"], "k": 2,
                                  "clean": 2.1, "topk_effect": 1.4, "random_effects": [0.1, 0.05, 0.2],
@@ -106,7 +107,7 @@ def write_scan(db: Atlas, model: str, seed: int = 0, *, text: str = EVIL, n_laye
                                     "threshold": 0.4, "definition": "attention to the token after the previous copy"}},
         "attn_examples": {
             "examples": [{"name": "repeated <tokens>", "text": text, "tokens": tokens}],
-            "patterns": {"L2H1": [_attn(tokens, "induction")], "L1H2": [_attn(tokens, "prev")],
+            "patterns": {"L2H1": [_attn(tokens, "induction", period=6)], "L1H2": [_attn(tokens, "prev")],
                          "L0H0": [_attn(tokens, "sink")]},
         },
     }

@@ -223,10 +223,11 @@ def test_keyboard_jump_box_and_attention_view(browser, report, artifacts_dir):
     assert browser.find_element("id", "head-title").text == "Head L2H1 — Induction Head (confirmed)"
     view = _example(browser, "repeated <tokens>")
     tokens = view.find_elements("css selector", ".tokens span.tok")
-    assert len(tokens) == 12
+    assert len(tokens) == 14  # 12 words, a bidi override and a 3000-character token
     readout = view.find_element("css selector", ".readout")
-    assert readout.text.startswith("query 11")  # the final query token is preselected
-    assert "query" in tokens[11].get_attribute("class")
+    assert readout.text.startswith("query 13")  # the final query token is preselected
+    assert "query" in tokens[13].get_attribute("class")
+    assert tokens[13].size["width"] < 400 and tokens[13].get_attribute("textContent") == "x" * 3000
     _hover(browser, tokens[9])
     assert readout.text.startswith("query 9") and "attends to" in readout.text
     assert "rgba(214, 39, 40" in tokens[4].get_attribute("style")  # the induction target lights up
