@@ -318,12 +318,18 @@ def test_run_steer_choice_respects_the_cap_and_uses_fit_only(words) -> None:
     mc1 = r.tables["held-out truthful choice (MC1, MC2) before/after"]
     assert mc1[0]["n"] == r.data["heldout_questions"]
     assert Counter(row["metric"] for row in mc1) == {"MC1": 4, "MC2": 4}
+    assert all(x["fit_mc1"] is not None for x in sel)  # every configuration is within the (huge) cap
     # a cap no configuration meets: the cheapest is reported, and a note says so
     capped = run_steer(words, SteerConfig(n_questions=16, ks=(2,), alphas=(1.0, 3.0), n_random=1, max_cost=-0.0))
-    cheapest = min(capped.result.selection[1:], key=lambda x: x["cost"])
+    rows = capped.result.selection[1:]
+    cheapest = min(rows, key=lambda x: x["cost"])
+    for x in rows:  # over the cap: not scored on the fit split (unless reported as the cheapest)
+        assert (x["fit_mc1"] is not None) == (x["within_cap"] or x is cheapest)
     if cheapest["cost"] > 0:
         assert capped.result.chosen["alpha"] == cheapest["alpha"]
         assert any("cost cap" in n for n in capped.result.notes)
+    else:
+        assert capped.result.chosen["fit_cost"] <= 0
 
 
 @pytest.mark.parametrize("args,message", [

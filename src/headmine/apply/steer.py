@@ -2,7 +2,7 @@
 
 What it does (spec: shared/methods/APPLICATIONS.md §1):
 
-1. **Data.** :file:`data/steer_facts.jsonl`, written for the project: 14 small fact tables and
+1. **Data.** :file:`data/steer_facts.jsonl`, written for the project: 9 small fact tables and 5
    hand-written item lists over 12 topics (capitals, languages, animal classes, animal sounds,
    arithmetic, chemical symbols, astronomy, biology, calendar, opposites, units, colours), checked by
    hand for truth. A table row (subject, answer) becomes the question ``template.format(subject)``
@@ -33,7 +33,8 @@ What it does (spec: shared/methods/APPLICATIONS.md §1):
    answer's summed answer-token log-prob beats every false one), MC2 (the true answer's share of
    probability mass) and the corpus cost (next-token loss increase on the project's corpus windows).
    Chosen: the highest fit MC1 (then MC2, then lower cost) among configurations within the cost cap
-   (if none is within it, the cheapest, with a note).
+   (if none is within it, the cheapest, with a note). The cost is measured first; configurations over
+   the cap are not scored on the fit split (most of the run's time is that scoring).
 6. **Held-out table.** MC1 and MC2 per held-out question before/after (paired bootstrap CIs), the
    same alpha on ``n_random`` random K-head sets (each with its own fit-split sigma and mass-mean
    direction; per-question mean over the draws), chosen minus random, the reversed shift (-alpha),
@@ -89,7 +90,7 @@ class Statement:
     topic: str
     question: str
     answer: str
-    label: int
+    label: int  # 1 true, 0 false
     group: int
 
     @property
@@ -382,10 +383,6 @@ class SteerRun:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def _subset(seq: Sequence[Any], idx: Sequence[int]) -> list[Any]:
-    return [seq[i] for i in idx]
-
-
 def run_steer(lm: Any, cfg: SteerConfig | None = None, *, log: Any = None) -> SteerRun:
     """Fit ITI on the fit questions, choose K and alpha on them, and measure on the held-out questions."""
     cfg = cfg or SteerConfig()
@@ -402,11 +399,10 @@ def run_steer(lm: Any, cfg: SteerConfig | None = None, *, log: Any = None) -> St
         statements = [s for s in statements if s.group in keep]
     seqs, plens = encode(lm.tokenizer, statements)
     lm.check_length(max(len(s) for s in seqs))
-    labels = [s.label for s in statements]
-    groups = [s.group for s in statements]
+    labels, groups = [s.label for s in statements], [s.group for s in statements]
     fit_idx, held_idx = group_split(groups, heldout_frac=cfg.heldout_frac, seed=cfg.seed)
-    fs, fp, fl, fg = (_subset(x, fit_idx) for x in (seqs, plens, labels, groups))
-    hs, hp, hl, hg = (_subset(x, held_idx) for x in (seqs, plens, labels, groups))
+    fs, fp, fl, fg = ([x[i] for i in fit_idx] for x in (seqs, plens, labels, groups))
+    hs, hp, hl, hg = ([x[i] for i in held_idx] for x in (seqs, plens, labels, groups))
 
     say(f"probing {g.n_total_heads} heads on {len(fs)} fit statements")
     fit = fit_steering(lm, fs, fl, fg, val_frac=cfg.val_frac, seed=cfg.seed, batch_size=cfg.batch_size)
@@ -416,44 +412,46 @@ def run_steer(lm: Any, cfg: SteerConfig | None = None, *, log: Any = None) -> St
 
     selection: list[dict[str, Any]] = [{"k": 0, "alpha": 0.0, "fit_mc1": float(base_fit[0].mean()),
                                         "fit_mc2": float(base_fit[1].mean()), "cost": 0.0, "within_cap": True}]
-    for k in ks:
+
+    def score_fit(row: dict[str, Any]) -> None:
+        heads = fit.order[:row["k"]]
+        mc1, mc2 = mc_scores(answer_logprobs(lm, fs, fp, heads, fit.shifts(heads), alpha=row["alpha"],
+                                             positions=cfg.positions, batch_size=cfg.batch_size), fl, fg)
+        row |= {"fit_mc1": float(mc1.mean()), "fit_mc2": float(mc2.mean())}
+
+    for k in ks:  # the corpus cost first (cheap): configurations over the cap are not scored on the fit split
         heads = fit.order[:k]
-        sh = fit.shifts(heads)
         for a in cfg.alphas:
-            say(f"fit split: K={k}, alpha={a}")
-            mc1, mc2 = mc_scores(answer_logprobs(lm, fs, fp, heads, sh, alpha=a, positions=cfg.positions,
-                                                 batch_size=cfg.batch_size), fl, fg)
-            cost = float(window_losses(lm, windows, heads, sh, alpha=a).mean() - base_w.mean())
-            selection.append({"k": k, "alpha": a, "fit_mc1": float(mc1.mean()), "fit_mc2": float(mc2.mean()),
-                              "cost": cost, "within_cap": cost <= cfg.max_cost})
+            cost = float(window_losses(lm, windows, heads, fit.shifts(heads), alpha=a).mean() - base_w.mean())
+            row = {"k": k, "alpha": a, "fit_mc1": None, "fit_mc2": None, "cost": cost, "within_cap": cost <= cfg.max_cost}
+            if row["within_cap"]:
+                say(f"fit split: K={k}, alpha={a} (cost {cost:+.3f})")
+                score_fit(row)
+            selection.append(row)
     cands = [r for r in selection[1:] if r["within_cap"]]
     notes: list[str] = []
     if not cands:
         cands = [min(selection[1:], key=lambda r: r["cost"])]
+        score_fit(cands[0])
         notes.append(f"no configuration stays within the corpus cost cap of {cfg.max_cost} nats/token: the cheapest "
                      f"(K={cands[0]['k']}, alpha={cands[0]['alpha']}, cost {cands[0]['cost']:+.3f}) is reported")
     best = max(cands, key=lambda r: (r["fit_mc1"], r["fit_mc2"], -r["cost"]))
     k, alpha = int(best["k"]), float(best["alpha"])
-    heads = fit.order[:k]
-    sh = fit.shifts(heads)
+    sh = fit.shifts(heads := fit.order[:k])
     if best["fit_mc1"] <= selection[0]["fit_mc1"]:
         notes.append(f"on the fit split no configuration raised MC1 above the unsteered {selection[0]['fit_mc1']:.3f}")
-
     say(f"held-out: K={k}, alpha={alpha}, {cfg.n_random} random head sets")
 
     def held(hd: Sequence[HeadId] = (), s: torch.Tensor | None = None, a: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         return mc_scores(answer_logprobs(lm, hs, hp, hd, s, alpha=a, positions=cfg.positions,
                                          batch_size=cfg.batch_size), hl, hg)
 
-    b1, b2 = held()
-    c1, c2 = held(heads, sh, alpha)
-    r1, r2 = held(heads, sh, -alpha)
+    (b1, b2), (c1, c2), (r1, r2) = held(), held(heads, sh, alpha), held(heads, sh, -alpha)  # r: the reverse shift
     draws = random_head_sets(g.heads(), k, cfg.n_random, seed=cfg.seed)
     rnd = [held(d, fit.shifts(d), alpha) for d in draws]
     cw = window_losses(lm, windows, heads, sh, alpha=alpha)
     rw = [window_losses(lm, windows, d, fit.shifts(d), alpha=alpha) for d in draws]
-    s = cfg.seed
-    cond = f"top {k} heads, alpha={alpha:g}"
+    s, cond = cfg.seed, f"top {k} heads, alpha={alpha:g}"
     t_mc = [effect_row("heldout", "unsteered", "MC1", b1, seed=s), effect_row("heldout", cond, "MC1", c1, b1, seed=s),
             random_baseline_row("heldout", f"random {k} heads, alpha={alpha:g}", "MC1", [r[0] for r in rnd], b1, seed=s),
             effect_row("heldout", f"top {k} heads, alpha={-alpha:g} (reverse)", "MC1", r1, b1, seed=s),
