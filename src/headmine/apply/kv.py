@@ -359,7 +359,8 @@ def run_kv(lm: Any, cfg: KVConfig | None = None, *, log: Any = None) -> tuple[Ap
     ntok = torch.as_tensor(batch.meta["n_tokens"])
     rng = random.Random(cfg.seed)
     tables: dict[str, list[dict[str, Any]]] = {"needle accuracy (held-out needles)": [],
-                                               "retrieval heads vs random heads (paired)": []}
+                                               "retrieval heads vs random heads (paired)": [],
+                                               "KV memory kept (computed from the policy)": []}
     memory: list[dict[str, Any]] = []
     held_needles = sorted({groups[i] for i in held_idx})
     for length in cfg.context_lengths:
@@ -403,6 +404,10 @@ def run_kv(lm: Any, cfg: KVConfig | None = None, *, log: Any = None) -> tuple[Ap
                 notes.append(f"not significant: {d['condition']} (difference {d['delta']:+.3f}, 95% CI "
                              f"[{d['delta_ci'][0]:+.3f}, {d['delta_ci'][1]:+.3f}], {len(held_needles)} needles)")
             memory.append({"length": length, "mean_tokens": mean_tokens, "budget": budget, **mem})
+            tables["KV memory kept (computed from the policy)"].append(
+                {"split": "policy", "condition": f"{length} tok ({mean_tokens:.0f} real): budget {budget}",
+                 "metric": f"share of full KV ({mem['kv_bytes'] / 2**20:.1f} of {mem['kv_bytes_full'] / 2**20:.1f} MiB)",
+                 "value": mem["kv_kept_share"], "n": 1, "length": length, "budget": budget, **mem})
     n_save = round(cfg.save_budget * n_kv)
     pol = policy_for(kv_scores, n_save, sink=cfg.sink, recent=cfg.recent, seed=cfg.seed)
     full_heads = [HeadId(layer, h) for layer in range(g.n_layers) for h in range(g.n_heads)
