@@ -35,10 +35,11 @@ def _ids(n: int, t: int, seed: int) -> torch.Tensor:
     return torch.randint(4, VOCAB, (n, t), generator=torch.Generator().manual_seed(seed))
 
 
-def test_cie_of_own_activation_is_zero_and_matches_full_forward() -> None:
+@pytest.mark.parametrize("family", ["llama-gqa", "gemma3-mqa"])  # gemma3-mqa: sliding-window layers in the cache
+def test_cie_of_own_activation_is_zero_and_matches_full_forward(family: str) -> None:
     """Patching each head with its own activation changes nothing; patching another prompt's mean equals a
     full forward pass under the engine's Mean intervention at the last position (the KV-cache shortcut is exact)."""
-    lm = tiny_model("llama-gqa")
+    lm = tiny_model(family)
     ids = _ids(4, 10, 0)
     z, _ = last_z(lm, ids)
     own = head_cie(lm, ids[0], 7, z[0])
