@@ -170,3 +170,19 @@ def test_report_shows_an_application_run(tmp_path) -> None:
     assert 'id="applications"' in html and "truthful choice" in html and "L1H2" in html
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "Steering &lt;b&gt;" in html and "not significant: the interval includes 0" in html
+
+
+def test_every_application_has_its_cli_verb_and_a_title() -> None:
+    """The six applications of issue 13 are registered, each with a title, a paper and a `headmine` verb."""
+    from typer.main import get_command
+
+    from headmine.apply import APPLICATIONS
+    from headmine.cli.main import app
+
+    names = set(APPLICATIONS.names())
+    assert {"steer", "fv", "safety", "inject", "kv", "prune"} <= names
+    verbs = set(get_command(app).commands)  # type: ignore[attr-defined]
+    for name in names:
+        application = APPLICATIONS.get(name)
+        assert name in verbs, f"application {name} has no `headmine {name}` command"
+        assert application.title and application.paper
