@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from headmine import catalog
 from headmine.apply.artifact import HeadArtifact
 from headmine.core.errors import InputError
 from headmine.core.registry import Registry
@@ -28,6 +29,9 @@ class Application(ABC):
     """What the report calls it, e.g. "Inference-time intervention (truthfulness steering)"."""
     paper: str = ""
     """The paper it follows, e.g. "Li et al. 2023 (ITI)"."""
+    head_types: tuple[str, ...] = ()
+    """Survey head types whose heads it finds and uses (e.g. "Truthfulness Head"): registered as catalog
+    links of kind ``application``, so `headmine catalog` names the verb that finds them."""
 
     @abstractmethod
     def apply(self, lm: Any, artifact: HeadArtifact) -> AbstractContextManager[None]:
@@ -42,6 +46,10 @@ def register_application(app: Application) -> Application:
     if not app.name:
         raise ValueError("an application needs a name")
     APPLICATIONS.register(app.name)(app)
+    for head_type in app.head_types:
+        if not catalog.register_link(head_type, catalog.DetectorLink(
+                detector=app.name, task=app.name, kind="application", note=f"`headmine {app.name}`: {app.title}")):
+            raise ValueError(f"application {app.name}: {head_type!r} is not a survey head type")
     return app
 
 

@@ -49,7 +49,7 @@ class DetectorLink:
 
     detector: str
     task: str
-    kind: str  # "attention" (pattern/weight score) or "causal" (intervention)
+    kind: str  # "attention" (pattern/weight score), "causal" (intervention) or "application" (headmine.apply)
     note: str | None = None
 
 
