@@ -19,6 +19,7 @@ from headmine.apply.steer import (
     answer_logprobs,
     encode,
     fit_steering,
+    last_token_z,
     load_statements,
     mass_mean,
     mc_scores,
@@ -364,3 +365,38 @@ def test_encode_keeps_the_prompt_boundary(words) -> None:
 
 
 # --------------------------------------------------------------------------- SmolLM2 (slow)
+
+
+@pytest.mark.slow
+def test_smollm2_truth_heads_generalise_to_held_out_questions(smollm2) -> None:
+    """On 60 of the questions: the best probe beats the majority label; the top heads' mass-mean
+    directions (fit split only) separate held-out true from false statements far better than the
+    average head; and shifting along them (+alpha) gives the true answers more probability mass than
+    the reverse shift (measured: AUROC 0.82 vs 0.59 over all heads; MC2 0.74 vs 0.68)."""
+    from sklearn.metrics import roc_auc_score
+
+    st = load_statements()
+    n_q = len({s.group for s in st})
+    keep = set(np.linspace(0, n_q - 1, 60).round().astype(int).tolist())
+    st = [s for s in st if s.group in keep]
+    seqs, plens = encode(smollm2.tokenizer, st)
+    labels, groups = [s.label for s in st], [s.group for s in st]
+    fit_idx, held_idx = group_split(groups, heldout_frac=0.3, seed=0)
+    fit = fit_steering(smollm2, [seqs[i] for i in fit_idx], [labels[i] for i in fit_idx], [groups[i] for i in fit_idx])
+    assert float(fit.acc.max()) >= fit.chance + 0.1
+
+    z = last_token_z(smollm2, [seqs[i] for i in held_idx])
+    y = np.array([labels[i] for i in held_idx])
+
+    def auroc(h: HeadId) -> float:
+        return float(roc_auc_score(y, (z[:, h.layer, h.head] * fit.theta[h.layer, h.head]).sum(-1).numpy()))
+
+    top = float(np.mean([auroc(h) for h in fit.order[:8]]))
+    everyone = float(np.mean([auroc(h) for h in smollm2.geometry.heads()]))
+    assert top > 0.7 and top > everyone + 0.1
+
+    heads = fit.order[:8]
+    hs, hp, hg = [seqs[i] for i in held_idx], [plens[i] for i in held_idx], [groups[i] for i in held_idx]
+    up = mc_scores(answer_logprobs(smollm2, hs, hp, heads, fit.shifts(heads), alpha=5.0), y, hg)[1]
+    down = mc_scores(answer_logprobs(smollm2, hs, hp, heads, fit.shifts(heads), alpha=-5.0), y, hg)[1]
+    assert up.mean() > down.mean()
