@@ -219,3 +219,33 @@ def test_survey_names_have_no_stray_whitespace() -> None:
     for ht in load_head_types().values():
         for alias in ht.aliases:
             assert alias == alias.strip() and not re.search(r"\(typo", alias)
+
+
+def test_coverage_counts_detectors_and_applications_by_stage():
+    """`headmine catalog --coverage`: every type counted once per stage; a type is covered by a detector of
+    its own or by an application, never by a generic method link alone."""
+    from typer.testing import CliRunner
+
+    from headmine.cli.catalog import coverage_table
+    from headmine.cli.main import app
+
+    rows = coverage_table()
+    assert sum(r["types"] for r in rows) == 71
+    by_stage = {r["stage"]: r for r in rows}
+    ici = by_stage["In-Context Identification"]
+    assert "Induction Head" not in ici["missing"] and ici["detector"] >= 10
+    for r in rows:
+        assert r["covered"] + len(r["missing"]) == r["types"]
+        assert max(r["detector"], r["application"]) <= r["covered"] <= r["detector"] + r["application"]
+    lr = by_stage["Latent Reasoning"]
+    assert "steer" in _app_names() and "Truthfulness Head" not in lr["missing"] and lr["application"] >= 1
+    out = CliRunner().invoke(app, ["catalog", "--coverage"], env={"COLUMNS": "250"})
+    assert out.exit_code == 0 and "Knowledge Recalling" in out.output
+    total = sum(r["covered"] for r in rows)
+    assert f"{total} ({total / 71:.0%})" in out.output
+
+
+def _app_names() -> list[str]:
+    from headmine.apply import APPLICATIONS
+
+    return APPLICATIONS.names()

@@ -217,6 +217,7 @@ class FunctionVectors(Application):
     name = "fv"
     title = "Function vectors"
     paper = "Todd et al. 2024 (ICLR; arXiv 2310.15213)"
+    head_types = ("Function Vector Head",)
 
     def vector(self, artifact: HeadArtifact, task: str | None = None) -> torch.Tensor:
         """The vector of ``task`` (default: the artifact's ``params["task"]``)."""

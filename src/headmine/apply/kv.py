@@ -291,6 +291,7 @@ class KVApplication(Application):
     name = NAME
     title = TITLE
     paper = PAPER
+    head_types = ("Retrieval Head", "Streaming Head")
 
     @contextmanager
     def apply(self, lm: Any, artifact: HeadArtifact) -> Iterator[None]:

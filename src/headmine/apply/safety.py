@@ -177,6 +177,7 @@ class SafetyHeads(Application):
     name = NAME
     title = "Safety heads (SHIPS / Sahara ablation)"
     paper = "Zhou et al. 2025 (SHIPS and Sahara, arXiv 2410.13708)"
+    head_types = ("Safety Head",)
 
     def apply(self, lm: Any, artifact: HeadArtifact) -> AbstractContextManager[None]:
         return undifferentiated(lm, artifact.heads, float(artifact.params.get("eps", 1e-5)))

@@ -318,6 +318,7 @@ class SteerApplication(Application):
     name = NAME
     title = TITLE
     paper = PAPER
+    head_types = ("Truthfulness Head",)
 
     @contextmanager
     def apply(self, lm: Any, artifact: HeadArtifact) -> Iterator[None]:

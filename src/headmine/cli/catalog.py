@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from headmine.apply import APPLICATIONS
 from headmine.atlas import Atlas
-from headmine.catalog import head_type_info
+from headmine.catalog import STAGES, all_head_types, head_type_info
 from headmine.cli.console import console, friendly_errors
 from headmine.detectors import DETECTORS
 
@@ -23,9 +25,14 @@ def register(app: typer.Typer) -> None:
         stage: str | None = typer.Option(None, "--stage", help="a survey stage (full name or KR, ICI, LR, EP)"),
         search: str | None = typer.Option(None, "--search", help="words that must all appear in a paper's entry"),
         atlas: Path | None = typer.Option(None, "--atlas", help="read the catalog stored in this atlas instead"),
+        coverage: bool = typer.Option(False, "--coverage", help="how many head types headmine can find, by stage"),
     ) -> None:
         """List the survey's head types (stage, function, detectors) and the papers behind them."""
         DETECTORS.names()  # registers the built-in and plugin detectors: their files declare their head types
+        APPLICATIONS.names()  # the applications too (each declares the head types it finds and uses)
+        if coverage:
+            _print_coverage()
+            return
         if atlas is not None:
             with Atlas.open(atlas, readonly=True) as db:
                 _print_catalog(db, head_type, stage, search)
@@ -33,6 +40,40 @@ def register(app: typer.Typer) -> None:
         with tempfile.TemporaryDirectory(prefix="headmine-catalog-") as tmp:
             with Atlas.open(Path(tmp) / "catalog.db") as db:
                 _print_catalog(db, head_type, stage, search)
+
+
+def coverage_table() -> list[dict[str, Any]]:
+    """Per stage: head types; those with a detector of their own (each carries its causal check against
+    random heads); those found by an application (tested against random heads of the same number);
+    those covered by either; those linked only to a generic causal method (ablation, patching: a way to
+    test candidates, not a test that defines the type); and the names of the types not covered."""
+    detectors = set(DETECTORS.names())
+    rows = []
+    for stage in STAGES:
+        types = [t for t in all_head_types() if t.stage == stage]
+        own = {t.name for t in types if any(d.detector in detectors for d in t.detectors)}
+        application = {t.name for t in types if any(d.kind == "application" for d in t.detectors)}
+        covered = own | application
+        generic = {t.name for t in types if t.detectors and t.name not in covered}
+        rows.append({"stage": stage, "types": len(types), "detector": len(own), "application": len(application),
+                     "covered": len(covered), "generic_only": len(generic),
+                     "missing": sorted(t.name for t in types if t.name not in covered)})
+    return rows
+
+
+def _print_coverage() -> None:
+    rows = coverage_table()
+    table = Table(title="head types headmine can find, by survey stage")
+    for col in ("stage", "types", "own detector", "application", "covered", "generic method only", "not covered"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(escape(r["stage"]), str(r["types"]), str(r["detector"]), str(r["application"]),
+                      f"{r['covered']} ({r['covered'] / max(r['types'], 1):.0%})", str(r["generic_only"]),
+                      escape(", ".join(r["missing"])))
+    total, covered = sum(r["types"] for r in rows), sum(r["covered"] for r in rows)
+    table.add_row("all", str(total), str(sum(r["detector"] for r in rows)), str(sum(r["application"] for r in rows)),
+                  f"{covered} ({covered / max(total, 1):.0%})", str(sum(r["generic_only"] for r in rows)), "")
+    console.print(table)
 
 
 def _print_catalog(db, head_type: str | None, stage: str | None, search: str | None) -> None:
