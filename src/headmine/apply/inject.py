@@ -487,8 +487,8 @@ def run_inject(lm: Any, cfg: InjectConfig | None = None, *, log: Callable[[str],
         if r.get("delta") is not None and not r["significant"]:
             notes.append(f"not significant: {r['condition']} (AUROC change {r['delta']:+.3f}, 95% CI "
                          f"[{r['delta_ci'][0]:+.3f}, {r['delta_ci'][1]:+.3f}])")
-    notes.append("injected data are longer than benign data (the attack text is appended), and a longer data span "
-                 "lowers every head's normalized instruction share: compare with the data-length row")
+    notes.append("a longer data span lowers every head's normalized instruction share; benign data carry an appended "
+                 "neutral sentence to match the injected lengths, and the data-length row checks that match")
     if val["important"] <= 0.5:
         notes.append(f"the important heads do not detect injections on held-out prompts (AUROC {val['important']:.3f})")
     selection = [{"k": kk, "n_heads": len(hs), "heads": [str(h) for h in hs]} for kk, hs in found["by_k"].items()]
