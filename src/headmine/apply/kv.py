@@ -52,6 +52,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from headmine.apply.artifact import HeadArtifact, geometry_of
 from headmine.apply.evaluation import difference_row, effect_row, group_split, random_baseline_row
@@ -95,8 +98,6 @@ class KVPolicy:
 
 
 def _base_function(module: Any, base: str) -> Callable[..., Any]:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     if base == "eager":  # each family has its own eager function (softcapping, scaling...)
         return sys.modules[type(module).__module__].eager_attention_forward  # type: ignore[no-any-return]
     return ALL_ATTENTION_FUNCTIONS[base]  # type: ignore[no-any-return]
@@ -148,9 +149,6 @@ def _kv_attention(base: str) -> Callable[..., Any]:
 
 def _implementation(base: str) -> str:
     """Register (once) and return the name of the mixed-cache attention wrapping ``base``."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
     if base not in ("eager", "sdpa"):
         raise InputError(f"the mixed KV cache supports eager and SDPA attention, not {base!r}",
                          "load the model with attn_implementation='sdpa' or 'eager'")

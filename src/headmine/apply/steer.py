@@ -56,6 +56,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from headmine.apply.artifact import HeadArtifact, geometry_of
 from headmine.apply.evaluation import (
@@ -175,10 +178,6 @@ def probe_accuracy(z: torch.Tensor, labels: Sequence[int], groups: Sequence[Any]
     """Validation accuracy [L, H] of one logistic probe per head (trained on 1 - ``val_frac`` of the
     groups, scored on the rest: split by whole groups), the number of probes that did not converge, and
     chance: the validation accuracy of always answering the majority label."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
-
     y = np.asarray(labels)
     tr, va = group_split(list(groups), heldout_frac=val_frac, seed=seed)
     if len(set(y[tr])) < 2 or len(set(y[va])) < 1:
