@@ -93,8 +93,10 @@ def test_mine_killed_at_random_points_loses_nothing_and_resumes_to_the_same_rows
         while proc.poll() is None and _n_runs(atlas) < wait_for:
             time.sleep(0.1)
         time.sleep(rng.uniform(0.0, 3.0))
-        if proc.poll() is not None:  # it finished before the kill
-            break
+        if proc.poll() is not None:  # it finished before the kill: start over on a fresh atlas
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{atlas}{suffix}").unlink(missing_ok=True)
+            continue
         proc.kill()  # SIGKILL: no cleanup of any kind
         proc.wait()
         kills += 1

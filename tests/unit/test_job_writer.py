@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import headmine.pipeline
+from headmine.apply import ApplyResult
 from headmine.atlas import Atlas, AtlasRun, JobResult, RunRecord, ScoreRow, score_rows, write_job
 from headmine.causal.contrastive_gating import ContrastConfig, split_pair_rows
 from headmine.causal.head_gating import CHGConfig, repeated_tokens_data
@@ -74,12 +75,19 @@ def _factual(lm: LoadedModel) -> JobResult:
 
 
 #: How to produce each job result type on a small model (a new JobResult type needs an entry here).
+def _apply(lm: LoadedModel) -> JobResult:
+    scores = _scan(lm).detector_scores("induction")  # a real per-head table, as an application ranks heads by
+    return ApplyResult(kind="steer", title="t", paper="p", model=lm.name, model_info=lm.model_info(),
+                       config={"seed": 0}, head_scores=scores)
+
+
 PRODUCERS: dict[type, Callable[[LoadedModel], JobResult]] = {
     ScanResult: _scan,
     CausalRun: _causal,
     GateReport: _gate,
     ContrastReport: _contrast,
     FactualReport: _factual,
+    ApplyResult: _apply,
 }
 
 

@@ -65,7 +65,7 @@ class AtlasWriter(AtlasConnection):
         if "full" in msg:  # SQLITE_FULL: the disk (or the database's size limit) is full
             return AtlasError(
                 f"cannot write to the atlas {self.path}: the disk is full ({err}); nothing of this run was written "
-                "and the runs already stored are intact",
+                "(rolled back) and the runs already stored are intact",
                 "free disk space (or move the atlas to a larger disk) and run the command again",
             )
         return err
