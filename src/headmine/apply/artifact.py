@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,29 +23,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from headmine.apply.result import jsonable
 from headmine.core.errors import InputError
 from headmine.core.ids import HeadId
 
 FORMAT = "headmine.apply"
 FORMAT_VERSION = 1
 GEOMETRY_KEYS = ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")
-
-
-def _plain(x: Any) -> Any:
-    """JSON-safe copy: tuples to lists, numpy/torch scalars to floats, non-finite floats to None."""
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, HeadId):
-        return str(x)
-    if isinstance(x, torch.Tensor):
-        return _plain(x.tolist())
-    if hasattr(x, "item") and callable(x.item):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 @dataclass(frozen=True)
@@ -75,8 +58,8 @@ class HeadArtifact:
         """The JSON half (without the tensor file's hash)."""
         return {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind, "model": self.model,
                 "geometry": {k: int(self.geometry[k]) for k in GEOMETRY_KEYS if k in self.geometry},
-                "heads": [str(h) for h in self.heads], "params": _plain(self.params),
-                "tensors": sorted(self.tensors), "info": _plain(self.info)}
+                "heads": [str(h) for h in self.heads], "params": jsonable(self.params),
+                "tensors": sorted(self.tensors), "info": jsonable(self.info)}
 
     def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
         """Write ``<stem>.json`` and ``<stem>.safetensors`` (atomically: temporary files, then renames)."""
