@@ -111,7 +111,7 @@ def test_alias_resolution() -> None:
 
 def test_detector_links() -> None:
     types = load_head_types()
-    linked = {d.detector for ht in types.values() for d in ht.detectors if d.kind != "application"}
+    linked = {d.detector for ht in types.values() for d in ht.detectors if d.kind not in {"application", "defining_test"}}
     assert linked == set(DETECTOR_REGISTRY.names()) | CAUSAL_LINKS  # every registered detector links its type
     for name, det in DETECTOR_REGISTRY.items():
         if cat.canonical_head_type(det.head_type) is None:
@@ -125,7 +125,7 @@ def test_detector_links() -> None:
     for ht in types.values():
         for link in ht.detectors:
             assert ht.name in cat.head_types_for_detector(link.detector)
-            assert link.kind in {"attention", "causal", "application"} and link.task
+            assert link.kind in {"attention", "causal", "defining_test", "application"} and link.task
     raw = json.loads(_data("head_types.json"))["head_types"]
     assert all(link["detector"] in CAUSAL_LINKS for item in raw for link in item["detectors"])
     assert "Induction Head" in cat.head_types_for_detector("induction")
@@ -234,9 +234,11 @@ def test_coverage_counts_detectors_and_applications_by_stage():
     by_stage = {r["stage"]: r for r in rows}
     ici = by_stage["In-Context Identification"]
     assert "Induction Head" not in ici["missing"] and ici["detector"] >= 10
+    assert "Active-Dormant Head" not in ici["missing"]  # the sink detector's dormancy test defines it
     for r in rows:
         assert r["covered"] + len(r["missing"]) == r["types"]
-        assert max(r["detector"], r["application"]) <= r["covered"] <= r["detector"] + r["application"]
+        assert max(r["detector"], r["defining_test"], r["application"]) <= r["covered"]
+        assert r["covered"] <= r["detector"] + r["defining_test"] + r["application"]
     lr = by_stage["Latent Reasoning"]
     assert "steer" in _app_names() and "Truthfulness Head" not in lr["missing"] and lr["application"] >= 1
     out = CliRunner().invoke(app, ["catalog", "--coverage"], env={"COLUMNS": "250"})

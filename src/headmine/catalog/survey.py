@@ -49,7 +49,10 @@ class DetectorLink:
 
     detector: str
     task: str
-    kind: str  # "attention" (pattern/weight score), "causal" (intervention) or "application" (headmine.apply)
+    kind: str
+    """"attention" (pattern/weight score), "causal" (a generic intervention that tests candidates),
+    "defining_test" (the causal test that defines the type in its paper, e.g. the IOI roles' path patching
+    or the dormancy test) or "application" (headmine.apply)."""
     note: str | None = None
 
 

@@ -44,18 +44,22 @@ def register(app: typer.Typer) -> None:
 
 def coverage_table() -> list[dict[str, Any]]:
     """Per stage: head types; those with a detector of their own (each carries its causal check against
-    random heads); those found by an application (tested against random heads of the same number);
-    those covered by either; those linked only to a generic causal method (ablation, patching: a way to
-    test candidates, not a test that defines the type); and the names of the types not covered."""
+    random heads); those found by a defining causal test (a test that defines the type in its paper,
+    e.g. the IOI roles' path patching, registered as a link of kind ``defining_test``); those found by an
+    application (tested against random heads of the same number); those covered by any of these; those
+    linked only to a generic causal method (ablation, patching: a way to test candidates, not a test that
+    defines the type); and the names of the types not covered."""
     detectors = set(DETECTORS.names())
     rows = []
     for stage in STAGES:
         types = [t for t in all_head_types() if t.stage == stage]
         own = {t.name for t in types if any(d.detector in detectors for d in t.detectors)}
+        defining = {t.name for t in types if any(d.kind == "defining_test" for d in t.detectors)}
         application = {t.name for t in types if any(d.kind == "application" for d in t.detectors)}
-        covered = own | application
+        covered = own | defining | application
         generic = {t.name for t in types if t.detectors and t.name not in covered}
-        rows.append({"stage": stage, "types": len(types), "detector": len(own), "application": len(application),
+        rows.append({"stage": stage, "types": len(types), "detector": len(own), "defining_test": len(defining),
+                     "application": len(application),
                      "covered": len(covered), "generic_only": len(generic),
                      "missing": sorted(t.name for t in types if t.name not in covered)})
     return rows
@@ -64,14 +68,17 @@ def coverage_table() -> list[dict[str, Any]]:
 def _print_coverage() -> None:
     rows = coverage_table()
     table = Table(title="head types headmine can find, by survey stage")
-    for col in ("stage", "types", "own detector", "application", "covered", "generic method only", "not covered"):
+    for col in ("stage", "types", "own detector", "defining test", "application", "covered", "generic method only",
+                "not covered"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(escape(r["stage"]), str(r["types"]), str(r["detector"]), str(r["application"]),
+        table.add_row(escape(r["stage"]), str(r["types"]), str(r["detector"]), str(r["defining_test"]),
+                      str(r["application"]),
                       f"{r['covered']} ({r['covered'] / max(r['types'], 1):.0%})", str(r["generic_only"]),
                       escape(", ".join(r["missing"])))
     total, covered = sum(r["types"] for r in rows), sum(r["covered"] for r in rows)
-    table.add_row("all", str(total), str(sum(r["detector"] for r in rows)), str(sum(r["application"] for r in rows)),
+    table.add_row("all", str(total), str(sum(r["detector"] for r in rows)), str(sum(r["defining_test"] for r in rows)),
+                  str(sum(r["application"] for r in rows)),
                   f"{covered} ({covered / max(total, 1):.0%})", str(sum(r["generic_only"] for r in rows)), "")
     console.print(table)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from headmine import catalog
 from headmine.capture.records import CaptureRecord
 from headmine.core.ids import Site
 from headmine.detectors.base import (
@@ -64,3 +65,6 @@ DETECTOR = register(Detector(
     also_finds=(("Streaming Head", "sink part"), ("Delimiter Head", "attention to special / separator tokens"),),
     score=score, threshold=EPSILON, definition="mean attention on the first token (alpha_first)",
 ))
+catalog.register_link("Active-Dormant Head", catalog.DetectorLink(
+    detector="attention_sink", task="natural_text", kind="defining_test",
+    note=f"dormancy test: moving the head's attention to the first token changes the output by < {DORMANT_KL} nats"))
