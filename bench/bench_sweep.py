@@ -23,10 +23,10 @@ from headmine.pipeline.causal import prepare_inputs
 
 
 def naive(lm, ids, mask, metric, heads):
-    out = {}
-    for h in heads:
-        out[h] = ablation_sweep(lm, ids, mask, metric, heads=[h], fast=False).values[h.layer, h.head]
-    return out
+    """headmine's own loop: one full forward per head with the head's z zeroed (plus one baseline forward for
+    all heads together), as the peers do; the exact sweep's reference."""
+    res = ablation_sweep(lm, ids, mask, metric, heads=heads, fast=False)
+    return {h: res.values[h.layer, h.head] for h in heads}
 
 
 def _hf_folder(lm) -> str:
