@@ -132,6 +132,7 @@ class ModelAdapter:
     attn_norm_name: ClassVar[str | None] = "input_layernorm"  # under a layer, in front of attention; None: post-norm
     attn_post_norm_name: ClassVar[str | None] = None  # under a layer: norm on attention's output before the add
     mlp_post_norm_name: ClassVar[str | None] = None  # under a layer: norm on the MLP's output before the add
+    mlp_norm_name: ClassVar[str | None] = None  # under a layer: the norm whose output feeds the MLP (None: not declared)
     # patterns under SDPA: True once the family's ``attention_qk`` / ``attention_scoring`` are checked against
     # eager patterns in the conformance suite; other families (plugins) fall back to eager pattern capture
     recomputes_patterns: ClassVar[bool] = False
@@ -188,6 +189,10 @@ class ModelAdapter:
     def attn_post_norm(self, layer: int) -> nn.Module | None:
         """The norm applied to attention's output before the residual add (Gemma 2/3), else None."""
         return _get(self.layer(layer), self.attn_post_norm_name) if self.attn_post_norm_name else None
+
+    def mlp_norm(self, layer: int) -> nn.Module | None:
+        """The norm whose output feeds the MLP (read by nothing else), or None when the family does not declare it."""
+        return _get(self.layer(layer), self.mlp_norm_name) if self.mlp_norm_name else None
 
     def mlp_post_norm(self, layer: int) -> nn.Module | None:
         """The norm applied to the MLP's output before the residual add (Gemma 2/3), else None."""

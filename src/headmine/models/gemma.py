@@ -23,6 +23,7 @@ class GemmaAdapter(ModelAdapter):
     embed_path = "model.embed_tokens"
     norm_eps_attr = "eps"
     norm_gain_offset = 1.0
+    mlp_norm_name = "post_attention_layernorm"
     recomputes_patterns = True
 
 
@@ -31,6 +32,7 @@ class Gemma2Adapter(GemmaAdapter):
     families = ("gemma2", "gemma3", "gemma3_text")
     attn_post_norm_name = "post_attention_layernorm"
     mlp_post_norm_name = "post_feedforward_layernorm"
+    mlp_norm_name = "pre_feedforward_layernorm"
 
     def attention_scoring(self, layer: int) -> AttentionScoring:
         """Gemma 2 soft-caps its attention logits (``attn_logit_softcapping``); Gemma 3 keeps the config

@@ -11,6 +11,7 @@ class LlamaAdapter(ModelAdapter):
     out_proj_name = "self_attn.o_proj"
     final_norm_path = "model.norm"
     embed_path = "model.embed_tokens"
+    mlp_norm_name = "post_attention_layernorm"
     recomputes_patterns = True
 
     def attention_scoring(self, layer: int) -> AttentionScoring:
