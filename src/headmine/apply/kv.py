@@ -24,10 +24,14 @@ most recent ones. This module:
    and (j < sink or j > i - recent), in real-token positions (left padding is skipped, from the 2-D
    attention mask of the current call). This is DuoAttention's streaming mask; under KV-cached decoding
    it reads exactly the entries a cache that evicts the middle would keep, so outputs are those of the
-   mixed cache. Memory is not freed by masking: KV memory is COMPUTED from the policy (tokens kept x KV
-   heads x d_head x 2 (K and V) x bytes per value), per context length, against the full cache (layers
-   with their own sliding window, as Gemma 3's, keep at most that window either way). With every head
-   full the model runs untouched (same logits, bit for bit).
+   mixed cache. Masking alone frees no memory, so under ``generate`` (any call given a fresh cache) the
+   cache is made COMPACT (:mod:`headmine.apply.kv_cache`): streaming KV heads store only sink + recent
+   tokens, evicting the rest after each attention call, with outputs equal to the masked version (to
+   float rounding, tested). KV memory is reported twice: COMPUTED from the policy (tokens kept x KV heads
+   x d_head x 2 (K and V) x bytes per value) per context length, and MEASURED (bytes of the tensors the
+   compact cache holds after generating the answer of one held-out needle at the longest length) next
+   to the plain cache's measured bytes (layers with their own sliding window, as Gemma 3's, keep at most
+   that window either way). With every head full the model runs untouched (same logits, bit for bit).
 4. **Evaluation on HELD-OUT needles** (heads chosen on fit needles; needles are split by a fixed seed,
    each needle with all its depths and lengths on one side): needle accuracy (all answer tokens
    greedy-correct, teacher forced as above) at each context length and budget, for the full cache, the
@@ -58,6 +62,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from headmine.apply.artifact import HeadArtifact, geometry_of
 from headmine.apply.evaluation import difference_row, effect_row, group_split, random_baseline_row
+from headmine.apply.kv_cache import CompactLayer, cache_bytes, compact_layers, kv_memory
 from headmine.apply.registry import Application, register_application
 from headmine.apply.result import ApplyResult
 from headmine.capture import CaptureSpec, run_capture
@@ -112,11 +117,15 @@ def _allowed_from_mask(mask: torch.Tensor | None, b: int, tq: int, tk: int, devi
     return m if m.dtype == torch.bool else m == 0
 
 
-def streaming_allowed(valid: torch.Tensor, tq: int, sink: int, recent: int) -> torch.Tensor:
+def streaming_allowed(valid: torch.Tensor, tq: int, sink: int, recent: int,
+                      real: torch.Tensor | None = None) -> torch.Tensor:
     """Bool [b, 1, tq, tk]: DuoAttention's streaming rule in real-token positions. ``valid`` [b, tk] marks
     real (non-padding) keys; the queries are the last ``tq`` keys. Key j (real index r_j) is kept for
-    query i (real index r_i) iff r_j < sink or r_j > r_i - recent (causality comes from the base mask)."""
-    real = valid.long().cumsum(-1) - 1  # [b, tk]
+    query i (real index r_i) iff r_j < sink or r_j > r_i - recent (causality comes from the base mask).
+    ``real`` [b, tk]: the keys' real indices when they do not start at the first token (a cache that
+    holds only a sliding window); by default counted from ``valid``."""
+    if real is None:
+        real = valid.long().cumsum(-1) - 1  # [b, tk]
     rq = real[:, -tq:]  # [b, tq]
     keep = (real[:, None, :] < sink) | (real[:, None, :] > rq[:, :, None] - recent)
     return (keep & valid[:, None, :])[:, None]
@@ -129,12 +138,21 @@ def _kv_attention(base: str) -> Callable[..., Any]:
         inner = _base_function(module, base)
         if state is None or bool(state["full_q"].all()):
             return inner(module, query, key, value, attention_mask, *args, **kwargs)
+        cache = state["box"].get("cache")
+        layer = cache.layers[module.layer_idx] if cache is not None and module.layer_idx < len(cache.layers) else None
+        if isinstance(layer, CompactLayer):
+            return _compact_attention(base, inner, state, layer, module, query, key, value, attention_mask,
+                                      *args, **kwargs)
         b, _, tq, tk = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
         allowed = _allowed_from_mask(attention_mask, b, tq, tk, query.device)
         mask2d = state["box"].get("mask")
-        valid = (torch.ones(b, tk, dtype=torch.bool, device=query.device) if mask2d is None
-                 else mask2d[:, :tk].to(query.device).bool())
-        stream = streaming_allowed(valid, tq, state["sink"], state["recent"])
+        if mask2d is None:
+            valid = torch.ones(b, tk, dtype=torch.bool, device=query.device)
+            real = None
+        else:  # the keys are the LAST tk positions (a sliding-window layer's cache holds only its window)
+            m = mask2d.to(query.device).bool()
+            valid, real = m[:, -tk:], (m.long().cumsum(-1) - 1)[:, -tk:]
+        stream = streaming_allowed(valid, tq, state["sink"], state["recent"], real=real)
         full_q = state["full_q"].to(query.device)[None, :, None, None]
         per_head = allowed & (full_q | stream)  # [b, H, tq, tk]
         if base == "eager":
@@ -145,6 +163,29 @@ def _kv_attention(base: str) -> Callable[..., Any]:
         return inner(module, query, key, value, new_mask, *args, **kwargs)
 
     return fn
+
+
+def _compact_attention(base: str, inner: Callable[..., Any], state: dict[str, Any], layer: CompactLayer,
+                       module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       attention_mask: Any, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """The model's kernel twice: full heads against ``key``/``value`` (the full KV heads, with the model's
+    mask), streaming heads against the layer's compact keys (gathered mask AND streaming rule); then the
+    layer evicts what no later query can see."""
+    fq, sq = state["full_q_idx"].to(query.device), state["stream_q_idx"].to(query.device)
+    assert layer.sk is not None and layer.sv is not None
+    b, n_heads, tq = query.shape[0], query.shape[1], query.shape[2]
+    out = torch.zeros(b, tq, n_heads, layer.sv.shape[-1], dtype=query.dtype, device=query.device)
+    if fq.numel():
+        out[:, :, fq] = inner(module, query[:, fq], key, value, attention_mask, *args, **kwargs)[0]
+    allowed = layer.stream_mask(attention_mask if isinstance(attention_mask, torch.Tensor) else None)
+    if base == "eager":
+        mask: torch.Tensor = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+        mask.masked_fill_(~allowed, torch.finfo(query.dtype).min)
+    else:
+        mask = allowed
+    out[:, :, sq] = inner(module, query[:, sq], layer.sk, layer.sv, mask, *args, **kwargs)[0]
+    layer.evict()
+    return out, None
 
 
 def _implementation(base: str) -> str:
@@ -160,9 +201,11 @@ def _implementation(base: str) -> str:
 
 
 @contextmanager
-def mixed_cache(lm: Any, policy: KVPolicy) -> Iterator[None]:
+def mixed_cache(lm: Any, policy: KVPolicy, *, compact: bool = True) -> Iterator[None]:
     """Every forward pass inside (``lm.model.generate`` included) attends as a mixed KV cache: full for
-    the policy's full KV heads, sink + recent window for the others."""
+    the policy's full KV heads, sink + recent window for the others. With ``compact`` (default), a fresh
+    transformers cache passed to a call (as ``generate`` does) really stores only sink + recent tokens for
+    the streaming KV heads (:mod:`headmine.apply.kv_cache`); calls without a cache are masked."""
     g = lm.geometry
     if tuple(policy.full.shape) != (g.n_layers, g.n_kv_heads):
         raise InputError(f"the KV policy has shape {tuple(policy.full.shape)}; {lm.name} needs "
@@ -178,11 +221,16 @@ def mixed_cache(lm: Any, policy: KVPolicy) -> Iterator[None]:
     def grab_mask(module: Any, args: Any, kwargs: Any) -> None:
         m = kwargs.get("attention_mask")
         box["mask"] = m if isinstance(m, torch.Tensor) and m.dim() == 2 else None
+        c = kwargs.get("cache", kwargs.get("past_key_values"))
+        box["cache"] = c if compact and compact_layers(c, policy.full, sink=policy.sink, recent=policy.recent,
+                                                        box=box) else None
 
     try:
         for layer, mod in enumerate(mods):
-            setattr(mod, _ATTR, {"full_q": policy.full[layer].bool().repeat_interleave(group), "sink": policy.sink,
-                                 "recent": policy.recent, "box": box})
+            full_q = policy.full[layer].bool().cpu().repeat_interleave(group)
+            setattr(mod, _ATTR, {"full_q": full_q, "sink": policy.sink, "recent": policy.recent, "box": box,
+                                 "full_q_idx": torch.nonzero(full_q, as_tuple=True)[0],
+                                 "stream_q_idx": torch.nonzero(~full_q, as_tuple=True)[0]})
         with hooks([HookSpec(lm.model, "pre", grab_mask)]), attention_implementation(lm.model, name):
             yield
     finally:
@@ -191,30 +239,27 @@ def mixed_cache(lm: Any, policy: KVPolicy) -> Iterator[None]:
                 delattr(mod, _ATTR)
 
 
-def layer_windows(lm: Any) -> list[int | None]:
-    """Each layer's own sliding window (None = global attention), from the model config."""
-    cfg = lm.model.config
-    types = getattr(cfg, "layer_types", None)
-    window = getattr(cfg, "sliding_window", None)
-    n = lm.geometry.n_layers
-    if not types or window is None:
-        return [None] * n
-    return [int(window) if t == "sliding_attention" else None for t in types]
+def measured_memory(lm: Any, ids: list[int], new_tokens: int, policies: dict[str, KVPolicy | None]
+                    ) -> list[dict[str, Any]]:
+    """Generate ``new_tokens`` greedy tokens after ``ids`` once per policy (None: the plain cache) with the
+    compact mixed cache, and MEASURE the bytes the cache holds at the end (:func:`cache_bytes`), next to
+    the figure :func:`kv_memory` computes for the same number of cached tokens."""
+    from transformers import DynamicCache
 
-
-def kv_memory(lm: Any, policy: KVPolicy, n_tokens: int) -> dict[str, float]:
-    """KV bytes kept at ``n_tokens`` tokens under ``policy`` and under a full cache (tokens x d_head x 2 x
-    bytes per value, summed over layers and KV heads; a layer's own sliding window caps both)."""
+    x = torch.tensor([ids], device=lm.device)
+    n_cached = len(ids) + new_tokens - 1  # the last generated token is never fed back
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    out = []
     g = lm.geometry
-    nbytes = next(lm.model.parameters()).element_size()
-    kept = full = 0
-    for layer, w in enumerate(layer_windows(lm)):
-        cap = n_tokens if w is None else min(n_tokens, w)
-        for kv in range(g.n_kv_heads):
-            full += cap
-            kept += cap if bool(policy.full[layer, kv]) else min(cap, policy.sink + policy.recent)
-    unit = g.d_head * 2 * nbytes
-    return {"kv_bytes": kept * unit, "kv_bytes_full": full * unit, "kv_kept_share": kept / full if full else 1.0}
+    for name, pol in policies.items():
+        cache = DynamicCache(config=lm.model.config)
+        with mixed_cache(lm, pol) if pol is not None else nullcontext(), torch.no_grad():
+            lm.model.generate(input_ids=x, attention_mask=torch.ones_like(x), cache=cache, max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+        full_pol = pol or KVPolicy(torch.ones(g.n_layers, g.n_kv_heads, dtype=torch.bool))
+        out.append({"condition": name, "n_cached": n_cached, **cache_bytes(cache),
+                    "computed": kv_memory(lm, full_pol, n_cached)})
+    return out
 
 
 # --------------------------------------------------------------------------- scoring
@@ -407,6 +452,23 @@ def run_kv(lm: Any, cfg: KVConfig | None = None, *, log: Any = None) -> tuple[Ap
                 {"split": "policy", "condition": f"{length} tok ({mean_tokens:.0f} real): budget {budget}",
                  "metric": f"share of full KV ({mem['kv_bytes'] / 2**20:.1f} of {mem['kv_bytes_full'] / 2**20:.1f} MiB)",
                  "value": mem["kv_kept_share"], "n": 1, "length": length, "budget": budget, **mem})
+    longest = max(cfg.context_lengths)
+    row = next(i for i in held_idx if int(lengths[i]) == longest)
+    prompt, answer = _rows(batch)[row]
+    say(f"measuring the compact cache's bytes under generate at {longest} tokens")
+    pols: dict[str, KVPolicy | None] = {"full cache": None}
+    for budget in cfg.budgets:
+        k = round(budget * n_kv)
+        pols[f"retrieval heads full, budget {budget}"] = policy_for(kv_scores, k, sink=cfg.sink, recent=cfg.recent,
+                                                                   seed=cfg.seed)
+    measured = measured_memory(lm, prompt, len(answer), pols)
+    full_bytes = measured[0]["kv_bytes"]
+    tables["KV memory MEASURED under generate (compact cache)"] = [
+        {"split": "generate", "condition": f"{longest} tok + {len(answer)} generated ({m['n_cached']} cached): "
+         f"{m['condition']}", "metric": f"MiB held (computed {m['computed']['kv_bytes'] / 2**20:.2f}; positions "
+         f"{m['meta_bytes'] / 2**20:.3f})", "value": m["kv_bytes"] / 2**20, "n": 1,
+         "share_of_full_measured": m["kv_bytes"] / full_bytes, **{f"computed_{k}": v for k, v in m["computed"].items()},
+         "kv_bytes": m["kv_bytes"], "meta_bytes": m["meta_bytes"]} for m in measured]
     n_save = round(cfg.save_budget * n_kv)
     pol = policy_for(kv_scores, n_save, sink=cfg.sink, recent=cfg.recent, seed=cfg.seed)
     full_heads = [HeadId(layer, h) for layer in range(g.n_layers) for h in range(g.n_heads)
@@ -417,7 +479,7 @@ def run_kv(lm: Any, cfg: KVConfig | None = None, *, log: Any = None) -> tuple[Ap
               "classification": "retrieval scores (not DuoAttention gates)", "gqa": "KV head full if any query head is"}
     data_info = {"needles": cfg.n, "fit_prompts": len(fit_idx), "heldout_prompts": len(held_idx),
                  "heldout_needles": len(held_needles), "context_lengths": list(cfg.context_lengths),
-                 "depths": list(cfg.depths), "memory": memory}
+                 "depths": list(cfg.depths), "memory": memory, "measured_memory": measured}
     result = ApplyResult(kind=NAME, title=TITLE, paper=PAPER, model=lm.name, model_info=lm.model_info(),
                          config=asdict(cfg), heads=full_heads, chosen=chosen, tables=tables,
                          selection=[{"kv_head": f"L{i // g.n_kv_heads}KV{i % g.n_kv_heads}", "score": float(s)}
