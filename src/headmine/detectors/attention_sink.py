@@ -62,7 +62,7 @@ def score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -
 DETECTOR = register(Detector(
     name="attention_sink", head_type="Attention Sink Head", stage="In-Context Identification", task="natural_text",
     sites=frozenset({Site.PATTERN}), causal=CausalCheckSpec(task="natural_text", dormant_below=DORMANT_KL),
-    also_finds=(("Streaming Head", "sink part"), ("Delimiter Head", "attention to special / separator tokens"),),
+    also_finds=(("Streaming Head", "sink part"),),  # Delimiter Head has its own detector (``delimiter``)
     score=score, threshold=EPSILON, definition="mean attention on the first token (alpha_first)",
 ))
 catalog.register_link("Active-Dormant Head", catalog.DetectorLink(
