@@ -25,8 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from headmine.causal.head_gating import CHGConfig, fit_chg, label_codes, task_data
+from headmine.causal.head_gating import CHGConfig, GatingData, fit_chg, label_codes, mean_logprob, task_data
 from headmine.models.loading import load_model
+
+#: prompts after the fitted ones, never fitted on: the answer log-prob of the lam = 0 gates G there vs the
+#: clean model tells whether stage G generalises or overfits its rows.
+HELD_OUT = 32
 
 #: name -> (n prompts, CHGConfig overrides on the named preset). Keep the grid small: each fit costs minutes.
 CONFIGS: dict[str, tuple[int, str, dict[str, Any]]] = {
@@ -41,6 +45,14 @@ CONFIGS: dict[str, tuple[int, str, dict[str, Any]]] = {
                                      micro_batch=32, seeds=2, eval_rows=16)),
     "full16_g01": (16, "paper", dict(updates=(20, 30, 30), lrs=((0.1, 0.01), (1.0, 0.1), (1.0, 0.1)), batch_size=16,
                                      micro_batch=32, seeds=2, eval_rows=16)),
+    # hypothesis (a): more prompts, mini-batches of 8 (the reference's data and batch), paper lrs, 20/60/60
+    "mb64_paperlr": (64, "paper", dict(updates=(20, 60, 60), batch_size=8, micro_batch=16, seeds=2, eval_rows=16)),
+    # the same with the gate logits projected into the regulariser's +-4 range after every update
+    "mb64_paperlr_box": (64, "paper", dict(updates=(20, 60, 60), batch_size=8, micro_batch=16, seeds=2, eval_rows=16,
+                                           project=True)),
+    # box + a stage G fast enough to settle (inside the box a high lr cannot push logits out of reach)
+    "mb64_box_g05": (64, "paper", dict(updates=(30, 60, 60), lrs=((0.5, 0.05),) * 3, batch_size=8, micro_batch=16,
+                                       seeds=2, eval_rows=16, project=True)),
 }
 
 
@@ -54,13 +66,41 @@ def ref_agreement(g_plus: torch.Tensor, g_minus: torch.Tensor, ref: dict[str, to
     return float(np.mean([float((x == y).float().mean()) for x in a for y in b]))
 
 
-def run(lm: Any, name: str, ref: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+def kappa(g_plus: torch.Tensor, g_minus: torch.Tensor, threshold: float) -> float:
+    """Mean pairwise Cohen's kappa of the seeds' labels: agreement beyond what the label shares alone give
+    (two seeds that both call 90% of heads irrelevant agree on >= 81% of heads by chance)."""
+    codes = label_codes(g_plus, g_minus, threshold).flatten(1)
+    out = []
+    for i in range(len(codes)):
+        for j in range(i + 1, len(codes)):
+            a, b = codes[i], codes[j]
+            po = float((a == b).float().mean())
+            pe = sum(float((a == c).float().mean()) * float((b == c).float().mean()) for c in range(5))
+            out.append((po - pe) / (1 - pe) if pe < 1 else float("nan"))
+    return float(np.mean(out)) if out else float("nan")
+
+
+def _rows(data: GatingData, start: int, stop: int) -> GatingData:
+    return GatingData(input_ids=data.input_ids[start:stop], attention_mask=data.attention_mask[start:stop],
+                      loss_mask=data.loss_mask[start:stop], source=data.source)
+
+
+def run(lm: Any, name: str, ref: dict[str, torch.Tensor] | None, gates_dir: str | None = None) -> dict[str, Any]:
     n, preset, over = CONFIGS[name]
-    data, _ = task_data(lm, "ioi", n=n, seed=0)
+    full, _ = task_data(lm, "ioi", n=n + HELD_OUT, seed=0)
+    data, held = _rows(full, 0, n), _rows(full, n, n + HELD_OUT)
     cfg = CHGConfig.preset_for(preset, **over)
     t0, c0 = time.perf_counter(), time.process_time()
     res = fit_chg(lm, data, cfg)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if gates_dir is not None:  # the gates, for later comparisons (e.g. with the reference once it lands)
+        from safetensors.torch import save_file
+
+        save_file({"G": res.G.contiguous(), "G_plus": res.G_plus.contiguous(), "G_minus": res.G_minus.contiguous()},
+                  str(Path(gates_dir) / f"{name}.safetensors"))
+    with torch.inference_mode():
+        nll = {"clean_fit": -float(mean_logprob(lm, data)), "clean_held": -float(mean_logprob(lm, held)),
+               "G_fit": (-mean_logprob(lm, data, res.G)).tolist(), "G_held": (-mean_logprob(lm, held, res.G)).tolist()}
     conv = res.convergence.to_dict() if res.convergence else {}
     shares = res.shares()
     return {
@@ -74,6 +114,7 @@ def run(lm: Any, name: str, ref: dict[str, torch.Tensor] | None) -> dict[str, An
                                           "F_always", "N_always", "I_always")},
         "F_pearson": conv.get("F_pearson"), "label_agreement": conv.get("label_agreement"),
         "ref_label_agreement": ref_agreement(res.G_plus, res.G_minus, ref, cfg.threshold),
+        "kappa": kappa(res.G_plus, res.G_minus, cfg.threshold), "answer_nll": nll, "project": cfg.project,
         "wall_s": wall, "cpu_s": cpu, "threads": torch.get_num_threads(),
     }
 
@@ -81,20 +122,24 @@ def run(lm: Any, name: str, ref: dict[str, torch.Tensor] | None) -> dict[str, An
 def table(path: Path) -> str:
     """The JSON lines of ``path`` as a markdown table (one row per configuration run)."""
     head = ("| config | n | updates | lrs | batch | seeds | verdict | rel. change G / G+ / G- | grad norm (last 10%) "
-            "G / G+ / G- | F / N / I / incons. / uncl. (pooled) | F r | label agr. | vs ref | wall s | CPU s |")
+            "G / G+ / G- | F / N / I / incons. / uncl. (pooled) | F r | label agr. | kappa | answer NLL held-out: clean / G "
+            "| vs ref | wall s | CPU s |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for line in path.read_text().splitlines():
         r = json.loads(line)
         st = ("G", "G+", "G-")
         sh = r["shares"]
         out.append(
-            f"| {r['config']} | {r['n']} | {'/'.join(map(str, r['updates']))} | "
+            f"| {r['config']}{' (box)' if r.get('project') else ''} | {r['n']} | {'/'.join(map(str, r['updates']))} | "
             f"{' '.join(f'{a:g}>{b:g}' for a, b in r['lrs'])} | {r['batch']} | {r['seeds']} | {r['verdict']} | "
             + " / ".join(f"{r['rel_change'].get(s, float('nan')):.3f}" for s in st) + " | "
             + " / ".join(f"{r['grad_norm_last'].get(s, float('nan')):.2g}" for s in st) + " | "
             + " / ".join(f"{sh[k]:.0%}" for k in ("facilitating", "interfering", "irrelevant", "inconsistent",
                                                   "unclassified"))
-            + f" | {r['F_pearson']:.2f} | {r['label_agreement']:.2f} | {r['ref_label_agreement']:.2f} | "
+            + f" | {r['F_pearson']:.2f} | {r['label_agreement']:.2f} | {r.get('kappa', float('nan')):.2f} | "
+            + (f"{r['answer_nll']['clean_held']:.2f} / " + " ".join(f"{v:.2f}" for v in r["answer_nll"]["G_held"])
+               if "answer_nll" in r else "-")
+            + f" | {r['ref_label_agreement']:.2f} | "
             f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} |")
     return "\n".join(out)
 
@@ -102,9 +147,10 @@ def table(path: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--configs", default=",".join(CONFIGS))
-    p.add_argument("--ref", default="/work/cmp/chg_ref.safetensors")
+    p.add_argument("--ref", default="/work/cmp/chg_ref2.safetensors")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "chg_convergence.jsonl"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--gates-dir", default=None, help="also save each fit's gates here as NAME.safetensors")
     p.add_argument("--table", action="store_true", help="print --out as a markdown table and exit")
     args = p.parse_args()
     if args.table:
@@ -120,7 +166,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.configs.split(","):
-        row = run(lm, name, ref)
+        row = run(lm, name, ref, args.gates_dir)
         with out.open("a") as fh:
             fh.write(json.dumps(row, default=float) + "\n")
         print(json.dumps(row, default=float), flush=True)

@@ -112,6 +112,22 @@ def test_regulariser_direction(lm, data):
     assert float(res.G_plus.mean()) > float(res.G.mean()) > float(res.G_minus.mean())
 
 
+def test_projection_keeps_logits_where_the_regulariser_acts(lm, data):
+    """project=True: every stage's gate logits stay inside +-clamp (where the clamped regulariser still
+    pulls), even at a learning rate that drives unprojected logits past it; the projected fit starts from
+    the same gates and differs from the unprojected one only through the bound."""
+    cfg = dict(updates=(6, 6, 6), lrs=((2.0, 2.0),) * 3, seeds=2, batch_size=6, micro_batch=12, eval_rows=6)
+    free = fit_chg(lm, data, CHGConfig.preset_for("quick", **cfg))
+    boxed = fit_chg(lm, data, CHGConfig.preset_for("quick", project=True, **cfg))
+    bound = torch.sigmoid(torch.tensor(4.0))
+    lo, hi = 1 - bound, bound
+    free_out = [(g < lo - 1e-6) | (g > hi + 1e-6) for g in (free.G, free.G_plus, free.G_minus)]
+    assert any(bool(m.any()) for m in free_out), "the unprojected fit must leave the box at this lr"
+    for g in (boxed.G, boxed.G_plus, boxed.G_minus):
+        assert float(g.min()) >= float(lo) - 1e-6 and float(g.max()) <= float(hi) + 1e-6
+    assert boxed.convergence is not None and set(boxed.convergence.stages) == {"G", "G+", "G-"}
+
+
 def test_labels():
     gp = torch.tensor([0.9, 0.1, 0.9, 0.1, 0.6])
     gm = torch.tensor([0.9, 0.1, 0.1, 0.9, 0.45])
@@ -220,6 +236,19 @@ def test_contrastive_loss_matches_reference(lm, data):
             assert torch.allclose(parts["forget_lp"][k], lp_f.mean(), atol=1e-5)
     assert any(clamped) and not all(clamped), "the clamp must bite on some rows only"
     assert torch.equal(token_accuracy(lm, data), token_accuracy(lm, data, torch.ones(3, 4)))
+
+
+def test_contrastive_retain_weight_scales_the_retain_term(lm, data):
+    """retain_weight w: loss = -w * mean(lp_R) + hinge - reg, so two weights differ by (w2 - w1) * -mean(lp_R)."""
+    forget = repeated_tokens_data(VOCAB, n=6, length=8, seed=2)
+    theta = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1)) * 2
+    out = {}
+    for w in (1.0, 3.0):
+        cfg = ContrastConfig.preset_for("quick", retain_weight=w, micro_batch=4)
+        t = theta.clone().requires_grad_(True)
+        out[w] = contrast_loss_fn(lm, data, forget, cfg)(t, [0, 1, 4])
+    (l1, p1), (l3, _) = out[1.0], out[3.0]
+    assert torch.allclose(l3 - l1, -2.0 * p1["retain_lp"], atol=1e-5)
 
 
 def test_contrast_splits_hold_out_whole_tasks_and_rows(lm, data, smollm2):

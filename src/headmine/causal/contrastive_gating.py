@@ -65,7 +65,9 @@ class ContrastConfig:
     """Hyper-parameters of a contrastive fit (``preset_for("paper"|"quick", **overrides)``).
 
     "paper": 500 updates, lr 0.1 -> 0.01, batch 64, fresh U(0, 1) gates (official). "quick": 24 updates,
-    lr 0.5 -> 0.1, batch 8 and gates started near open, U(0.9, 1.0) (a CPU-budget deviation)."""
+    lr 0.5 -> 0.1, batch 8 and gates started near open, U(0.9, 1.0) (a CPU-budget deviation).
+    ``retain_weight`` multiplies the retain term -mean(lp_R) (official: 1; a study knob, see
+    bench/results/chg_convergence.md)."""
 
     preset: str = "paper"
     updates: int = 500
@@ -73,6 +75,7 @@ class ContrastConfig:
     lam: float = 0.1
     clamp: float = 4.0
     max_diff: float = 5.0
+    retain_weight: float = 1.0
     batch_size: int = 64
     micro_batch: int = 64
     grad_clip: float = 1.0
@@ -155,7 +158,7 @@ def contrast_loss_fn(lm: LoadedModel, retain: GatingData, forget: GatingData, cf
             chunk = rows[start : start + per_pass]
             gates = torch.sigmoid(theta)
             lp_r = gated_logprob(lm, *retain.rows(chunk), gates)  # [K, b]
-            (-lp_r.sum(1) / len(rows)).sum().backward()
+            (-cfg.retain_weight * lp_r.sum(1) / len(rows)).sum().backward()
             lp_f = gated_logprob(lm, *forget.rows(chunk), torch.sigmoid(theta))
             hinge = (lp_f - lp_r.detach()).clamp(min=-cfg.max_diff)
             (hinge.sum(1) / len(rows)).sum().backward()
@@ -165,7 +168,7 @@ def contrast_loss_fn(lm: LoadedModel, retain: GatingData, forget: GatingData, cf
         reg = theta.clamp(-cfg.clamp, cfg.clamp).mean(dim=(1, 2))
         if cfg.lam:
             (-cfg.lam * reg).sum().backward()
-        loss = -lp_r_all + hinge_all - cfg.lam * reg.detach().cpu()
+        loss = -cfg.retain_weight * lp_r_all + hinge_all - cfg.lam * reg.detach().cpu()
         return loss, {"retain_lp": lp_r_all, "forget_lp": lp_f_all, "reg": reg.detach().cpu()}
 
     return fn

@@ -26,6 +26,7 @@ class CHGConfig:
     lrs: tuple[tuple[float, float], ...] = ((0.1, 0.01), (0.5, 0.1), (0.5, 0.1))
     lam: float = 0.1
     clamp: float = 4.0
+    project: bool = False
     batch_size: int = 64
     micro_batch: int = 64
     rows: int = 64

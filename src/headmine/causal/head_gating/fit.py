@@ -91,13 +91,19 @@ def fit_stage(
     batches: Batches,
     stage: str,
     progress: Progress | None = None,
+    bound: float | None = None,
 ) -> StageFit:
     """Adam on theta [K, ...] with a linear lr decay; ``loss_fn(theta, rows)`` -> (per-seed loss [K], parts).
 
     Curves: the loss, its parts, and ``grad_norm`` (per seed, before clipping). A non-finite loss or
-    gradient stops the stage with the last good theta.
+    gradient stops the stage with the last good theta. ``bound``: project theta into [-bound, bound]
+    after every update (and at the start), so it never leaves the range where a clamped regulariser
+    still pulls on it (:attr:`CHGConfig.project`).
     """
-    theta = theta0.detach().clone().requires_grad_(True)
+    theta = theta0.detach().clone()
+    if bound is not None:
+        theta.clamp_(-bound, bound)
+    theta.requires_grad_(True)
     tail_at = tail_start(updates)
     theta_tail = theta0.detach().clone()
     opt = torch.optim.Adam([theta], lr=lr[0])
@@ -123,6 +129,8 @@ def fit_stage(
         with torch.no_grad():
             before = theta.detach().clone()
             opt.step()
+            if bound is not None:
+                theta.clamp_(-bound, bound)
             if not torch.isfinite(theta).all():
                 theta.copy_(before)
                 stopped = f"non-finite gate logits at stage {stage}, update {step + 1}; kept the previous ones"
@@ -199,7 +207,7 @@ def fit_chg(lm: LoadedModel, data: GatingData, config: CHGConfig | None = None, 
             continue
         res = fit_stage(chg_loss_fn(lm, data, lam, cfg), init, updates=cfg.updates[i], lr=cfg.lrs[i],
                         grad_clip=cfg.grad_clip, batches=Batches(len(data), cfg.batch_size, cfg.data_seed + 1000 * i),
-                        stage=stage, progress=progress)
+                        stage=stage, progress=progress, bound=cfg.clamp if cfg.project else None)
         thetas[stage], curves[stage], done[stage], stopped = res.theta, res.curves, res.done, res.stopped
         tail = res.theta_tail if res.theta_tail is not None else init
         try:

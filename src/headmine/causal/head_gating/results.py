@@ -91,11 +91,18 @@ class CHGResult:
         out: dict[str, float] = {}
         for name, score in (("F", self.F), ("N", self.N), ("I", self.I)):
             flat = score.flatten(1).double()
-            rs = [float(np.corrcoef(flat[i].numpy(), flat[j].numpy())[0, 1]) for i in range(k) for j in range(i + 1, k)]
-            out[f"{name}_pearson"] = float(np.nanmean(rs))
+            rs = [_pearson(flat[i].numpy(), flat[j].numpy()) for i in range(k) for j in range(i + 1, k)]
+            out[f"{name}_pearson"] = float(np.nanmean(rs)) if not all(np.isnan(rs)) else float("nan")
         same = [float((codes[i] == codes[j]).float().mean()) for i in range(k) for j in range(i + 1, k)]
         out["label_agreement"] = float(np.mean(same))
         return out
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r, NaN (without a warning) when either side is constant (e.g. every gate at the same bound)."""
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def label_codes(g_plus: torch.Tensor, g_minus: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
