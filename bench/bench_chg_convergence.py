@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from headmine.causal.head_gating import CHGConfig, GatingData, fit_chg, label_codes, mean_logprob, task_data
+from headmine.causal.head_gating.results import label_kappa
 from headmine.models.loading import load_model
 
 #: prompts after the fitted ones, never fitted on: the answer log-prob of the lam = 0 gates G there vs the
@@ -67,16 +68,9 @@ def ref_agreement(g_plus: torch.Tensor, g_minus: torch.Tensor, ref: dict[str, to
 
 
 def kappa(g_plus: torch.Tensor, g_minus: torch.Tensor, threshold: float) -> float:
-    """Mean pairwise Cohen's kappa of the seeds' labels: agreement beyond what the label shares alone give
-    (two seeds that both call 90% of heads irrelevant agree on >= 81% of heads by chance)."""
+    """Mean pairwise Cohen's kappa of the seeds' labels (:func:`~headmine.causal.head_gating.results.label_kappa`)."""
     codes = label_codes(g_plus, g_minus, threshold).flatten(1)
-    out = []
-    for i in range(len(codes)):
-        for j in range(i + 1, len(codes)):
-            a, b = codes[i], codes[j]
-            po = float((a == b).float().mean())
-            pe = sum(float((a == c).float().mean()) * float((b == c).float().mean()) for c in range(5))
-            out.append((po - pe) / (1 - pe) if pe < 1 else float("nan"))
+    out = [label_kappa(codes[i], codes[j]) for i in range(len(codes)) for j in range(i + 1, len(codes))]
     return float(np.mean(out)) if out else float("nan")
 
 

@@ -322,3 +322,21 @@ def test_only_a_converged_fit_writes_labels(lm, data):
         assert labels[(0, 1)] == labels[(1, 1)] == "interfering"
         assert labels[(0, 2)] == labels[(1, 0)] == "irrelevant"
         assert len(labels) == 12 and len(head_labels(res)) == 12
+
+
+def test_label_kappa_discounts_agreement_by_chance():
+    """Two seeds that call 90% of heads irrelevant at independent places agree on ~82% of heads, yet kappa
+    is ~0 and the verdict says they disagree beyond chance; identical labels give kappa 1."""
+    from headmine.causal.head_gating.convergence import assess
+    from headmine.causal.head_gating.results import label_kappa
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.where(torch.rand(2000, generator=gen) < 0.9, 2, 0)
+    b = torch.where(torch.rand(2000, generator=gen) < 0.9, 2, 0)
+    raw = float((a == b).float().mean())
+    assert raw > 0.78 and abs(label_kappa(a, b)) < 0.06
+    assert label_kappa(a, a) == 1.0 and label_kappa(torch.full((5,), 2), torch.full((5,), 2)) == 1.0
+    agreement = {"F_pearson": 0.9, "label_agreement": raw, "label_kappa": label_kappa(a, b)}
+    conv = assess({}, agreement, complete=True, tol=0.01, min_f_r=0.5, min_label_agreement=0.7, min_label_kappa=0.4)
+    assert not conv.converged and conv.reasons == [f"seeds disagree beyond chance: label kappa {label_kappa(a, b):.2f} < 0.4"]
+    assert assess({}, agreement, complete=True, tol=0.01, min_f_r=0.5, min_label_agreement=0.7).converged

@@ -18,7 +18,16 @@ class CHGConfig:
     (times seeds) of one forward pass (gradient accumulation); ``eval_rows`` bounds the rows used by
     the targeted-ablation check and the convergence diagnostics. ``rows`` is how many prompts the CLI,
     the API and ``mine`` build for a task by default (the data the preset was measured on); with
-    ``batch_size >= rows`` every update sees all rows (full batch: no mini-batch noise).
+    ``batch_size >= rows`` every update sees all rows (full batch: no mini-batch noise). ``project``
+    keeps the gate logits inside [-clamp, clamp] (see :data:`PRESETS`).
+
+    Convergence (:mod:`~headmine.causal.head_gating.convergence`): every stage's objective moved at most
+    ``converge_tol`` (1%) of its total change in its last 10% of updates, and the seeds agree: F Pearson
+    r >= ``min_f_r`` (0.5: the same heads facilitate), label agreement >= ``min_label_agreement`` (0.7)
+    and Cohen's kappa of the labels >= ``min_label_kappa`` (0.4, "moderate" beyond chance). Raw
+    agreement alone is easy when one label dominates (two seeds calling 63% of heads irrelevant, the
+    paper's share, already agree on >= 40% of heads by chance, at 90% on >= 81%); kappa removes that,
+    and F r asks that the heads the labels rest on be the same ones.
     """
 
     preset: str = "paper"
@@ -41,6 +50,7 @@ class CHGConfig:
     converge_tol: float = 0.01
     min_f_r: float = 0.5
     min_label_agreement: float = 0.7
+    min_label_kappa: float = 0.4
 
     @classmethod
     def preset_for(cls, name: str = "paper", **overrides: Any) -> CHGConfig:

@@ -22,13 +22,15 @@ Per stage and seed (:class:`StageDiagnostics`):
 - ``gate_flips``: the share of heads whose gate crossed 0.5 during the last 10% of updates (labels
   still changing).
 
-Across seeds: the mean pairwise Pearson r of F and the mean pairwise share of heads with the same label
+Across seeds: the mean pairwise Pearson r of F, the mean pairwise share of heads with the same label and
+its chance-corrected form, Cohen's kappa
 (:meth:`~headmine.causal.head_gating.results.CHGResult.seed_agreement`).
 
 Verdict (:func:`assess`): converged when the fit completed, every stage's worst seed has
-``rel_change <= tol`` and at least two seeds agree with ``F_pearson >= min_f_r`` and
-``label_agreement >= min_label_agreement``. The defaults live in :class:`CHGConfig` (see there for why
-those values).
+``rel_change <= tol`` and at least two seeds agree with ``F_pearson >= min_f_r``,
+``label_agreement >= min_label_agreement`` and ``label_kappa >= min_label_kappa``. The defaults live in
+:class:`CHGConfig` (see there for why those values). "Settled, seeds disagree" (every stage within tol,
+seeds apart) is NOT converged: the objective stopped moving, but where it stopped depends on the start.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class Convergence:
     min_f_r: float
     min_label_agreement: float
     reasons: list[str] = field(default_factory=list)
+    min_label_kappa: float = 0.0
 
     @property
     def verdict(self) -> str:
@@ -138,12 +141,14 @@ class Convergence:
             "min_label_agreement": self.min_label_agreement,
             "F_pearson": self.agreement.get("F_pearson", math.nan),
             "label_agreement": self.agreement.get("label_agreement", math.nan),
+            "label_kappa": self.agreement.get("label_kappa", math.nan),
+            "min_label_kappa": self.min_label_kappa,
             "stages": {name: d.to_dict() for name, d in self.stages.items()},
         }
 
 
 def assess(stages: Mapping[str, StageDiagnostics], agreement: Mapping[str, float], *, complete: bool, tol: float,
-           min_f_r: float, min_label_agreement: float) -> Convergence:
+           min_f_r: float, min_label_agreement: float, min_label_kappa: float = 0.0) -> Convergence:
     """The verdict (see the module docstring); ``reasons`` lists every failed condition."""
     reasons = []
     if not complete:
@@ -159,5 +164,8 @@ def assess(stages: Mapping[str, StageDiagnostics], agreement: Mapping[str, float
             reasons.append(f"seeds disagree: F correlation {r:.2f} < {min_f_r:g}")
         if not same >= min_label_agreement:
             reasons.append(f"seeds disagree: label agreement {same:.2f} < {min_label_agreement:g}")
+        kappa = agreement.get("label_kappa", math.nan)
+        if min_label_kappa > 0 and not kappa >= min_label_kappa:
+            reasons.append(f"seeds disagree beyond chance: label kappa {kappa:.2f} < {min_label_kappa:g}")
     return Convergence(converged=not reasons, stages=dict(stages), agreement=dict(agreement), tol=tol, min_f_r=min_f_r,
-                       min_label_agreement=min_label_agreement, reasons=reasons)
+                       min_label_agreement=min_label_agreement, reasons=reasons, min_label_kappa=min_label_kappa)

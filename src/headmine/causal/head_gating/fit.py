@@ -222,5 +222,6 @@ def fit_chg(lm: LoadedModel, data: GatingData, config: CHGConfig | None = None, 
         seeds=[cfg.seed + k for k in range(cfg.seeds)], duration_s=time.perf_counter() - start, updates_done=done,
     )
     result.convergence = assess(diagnostics, result.seed_agreement(), complete=not stopped and len(diagnostics) == 3,
-                                tol=cfg.converge_tol, min_f_r=cfg.min_f_r, min_label_agreement=cfg.min_label_agreement)
+                                tol=cfg.converge_tol, min_f_r=cfg.min_f_r, min_label_agreement=cfg.min_label_agreement,
+                                min_label_kappa=cfg.min_label_kappa)
     return result

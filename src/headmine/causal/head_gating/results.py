@@ -83,7 +83,8 @@ class CHGResult:
         return out
 
     def seed_agreement(self) -> dict[str, float]:
-        """Mean pairwise agreement between seeds: Pearson r of F, N, I and the fraction of equal labels."""
+        """Mean pairwise agreement between seeds: Pearson r of F, N, I, the fraction of equal labels and
+        Cohen's kappa of the labels (:func:`label_kappa`)."""
         k = self.G_plus.shape[0]
         if k < 2:
             return {}
@@ -95,7 +96,21 @@ class CHGResult:
             out[f"{name}_pearson"] = float(np.nanmean(rs)) if not all(np.isnan(rs)) else float("nan")
         same = [float((codes[i] == codes[j]).float().mean()) for i in range(k) for j in range(i + 1, k)]
         out["label_agreement"] = float(np.mean(same))
+        out["label_kappa"] = float(np.mean([label_kappa(codes[i], codes[j]) for i in range(k) for j in range(i + 1, k)]))
         return out
+
+
+def label_kappa(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cohen's kappa of two label vectors (codes): agreement beyond what the two label shares give by
+    chance, (p_o - p_e) / (1 - p_e) with p_e = sum over labels of share_a * share_b. Two seeds that both
+    call 90% of the heads irrelevant agree on >= 81% of heads by chance, so raw agreement alone is easy
+    when one label dominates; kappa is 0 for chance agreement and 1 for identical labels (also when
+    both give every head the same label)."""
+    p_o = float((a == b).float().mean())
+    p_e = sum(float((a == c).float().mean()) * float((b == c).float().mean()) for c in range(len(LABELS)))
+    if p_o >= 1.0:
+        return 1.0
+    return (p_o - p_e) / (1.0 - p_e)
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
