@@ -11,6 +11,7 @@ byte-level BPE and SentencePiece alike):
 - ``word_start`` / ``continuation`` BoolTensor [B, T]: the first piece of a word / a later piece;
 - ``sentence_id`` LongTensor [B, T]: a new sentence starts after a token ending in ". ! ?";
 - ``delimiter`` BoolTensor [B, T]: punctuation or whitespace-only tokens (no letter or digit);
+- ``pieces`` list of B lists of T strings: each token's own characters ("" on BOS and padding);
 - ``rarity`` LongTensor [B, T]: the token id, a frequency proxy (BPE vocabularies give ids in merge
   order, so a higher id is a later merge, i.e. a rarer string; SentencePiece orders pieces by score
   the same way); -1 on BOS, padding and special tokens.
@@ -76,7 +77,7 @@ def annotated_text(tokenizer: Any, *, n: int = 16, seed: int = 0, seq_len: int =
     shift = 1 if batch.meta["has_bos"] else 0
     specials = special_ids(tokenizer)
     cols: dict[str, list[list[Any]]] = {"word_id": [], "word_start": [], "sentence_id": [], "delimiter": [],
-                                        "rarity": []}
+                                        "rarity": [], "pieces": []}
     for row, start in zip(batch.input_ids.tolist(), batch.meta["window_start"].tolist(), strict=True):
         window = list(ids[start:start + seq_len])
         if window != row[shift:shift + seq_len]:
@@ -87,6 +88,7 @@ def annotated_text(tokenizer: Any, *, n: int = 16, seed: int = 0, seq_len: int =
             cols[key].append([-1] * shift + ann[key])
         for key in ("word_start", "delimiter"):
             cols[key].append([False] * shift + ann[key])
+        cols["pieces"].append([""] * shift + [text[a:b] for a, b in offsets[start:start + seq_len]])
         cols["rarity"].append([-1] * shift + [-1 if t in specials else int(t) for t in window])
     width = batch.input_ids.shape[1]
     meta = dict(batch.meta)
@@ -94,6 +96,7 @@ def annotated_text(tokenizer: Any, *, n: int = 16, seed: int = 0, seq_len: int =
         meta[key] = pad_rows(cols[key], width, -1, torch.long)
     for key in ("word_start", "delimiter"):
         meta[key] = pad_rows(cols[key], width, False, torch.bool)
+    meta["pieces"] = [p + [""] * (width - len(p)) for p in cols["pieces"]]
     meta["continuation"] = (meta["word_id"] >= 0) & ~meta["word_start"]
     return TokenBatch(input_ids=batch.input_ids, attention_mask=batch.attention_mask, meta=meta,
                       texts=batch.texts, task="annotated_text", params={**batch.params, "annotated": True})
