@@ -17,8 +17,10 @@ from headmine.apply.safety import (
     Batch,
     SafetyConfig,
     _last,
+    ablated_last,
     encode_prompts,
     is_refusal,
+    kl_rows,
     requests,
     run_safety,
     sahara,
@@ -72,6 +74,20 @@ def test_eps_one_is_exact_identity() -> None:
     with undifferentiated(lm, [HeadId(0, 1), HeadId(2, 3)], eps=1.0):
         again, _ = _last(lm, b)
     assert torch.equal(base, again)
+
+
+@pytest.mark.parametrize("name", ["planted", "gemma3-mqa"])
+def test_prefix_scan_equals_full_forwards(name: str) -> None:
+    """The scan reruns only layers l.. for a head of layer l; it gives what full ablated forwards give."""
+    lm = _planted() if name == "planted" else tiny_model(name)
+    b = _batch(rows=3)
+    heads = [HeadId(0, 1), HeadId(1, 0), HeadId(1, 3), HeadId(2, 2), PLANTED]
+    scan = ships_scan(lm, b, eps=1e-5, heads=heads, max_rows=6)
+    base_p, base_h = _last(lm, b)
+    for j, (lp, hid) in enumerate(ablated_last(lm, b, [(h,) for h in heads], 1e-5, max_rows=6)):
+        assert torch.allclose(scan["kl"][:, j], kl_rows(base_p, lp), atol=1e-6)
+        assert abs(float(scan["angle"][j]) - subspace_angle(base_h, hid)) < 1e-3
+    assert float(scan["kl"].max()) > 1e-4  # the ablations do change the output
 
 
 @pytest.mark.parametrize("name", ["llama-gqa", "gemma3-mqa"])

@@ -265,13 +265,53 @@ def ships_scan(lm: Any, batch: Batch, *, eps: float = 1e-5, heads: Sequence[Head
                max_rows: int = 64) -> dict[str, Any]:
     """Ships of every head (``kl`` [query, head] in ``heads`` order) and its generalised Ships (``angle`` [head])."""
     heads = list(heads) if heads is not None else lm.geometry.heads()
-    base_p, base_h = _last(lm, batch)
+    for h in heads:
+        lm.geometry.check_head(h.layer, h.head)
+    from headmine.causal.fast_sweep import PrefixCache
+
+    prefix = PrefixCache(lm, batch.input_ids, batch.attention_mask)
+    n_layers = lm.geometry.n_layers
+    with torch.no_grad():  # the clean readout through the same code path as the ablated ones
+        base_p, base_h = _readout(lm, prefix.run_from(n_layers - 1, 1, stop=n_layers)[:, -1:])
     kl = torch.zeros(batch.input_ids.shape[0], len(heads))
     angle = torch.zeros(len(heads))
-    for j, (lp, hid) in enumerate(ablated_last(lm, batch, [(h,) for h in heads], eps, max_rows=max_rows)):
+    for j, (lp, hid) in _ablated_from_prefix(lm, prefix, heads, eps, max_rows=max_rows):
         kl[:, j] = kl_rows(base_p, lp)
         angle[j] = subspace_angle(base_h, hid)
     return {"heads": heads, "kl": kl, "angle": angle, "base_logp": base_p, "base_hidden": base_h}
+
+
+def _readout(lm: Any, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 log-probabilities and final-norm hidden states of final residuals ``last`` [rows, 1, d]."""
+    norm = lm.adapter.final_norm()
+    if norm is None:
+        raise InputError(f"{lm.name} has no final norm to read hidden states from", "use a decoder model")
+    logp = torch.log_softmax(lm.adapter.readout(last)[:, 0].to(torch.float32), dim=-1).cpu()
+    return logp, norm(last)[:, 0].to(torch.float32).cpu()
+
+
+def _ablated_from_prefix(lm: Any, prefix: Any, heads: Sequence[HeadId], eps: float, *, max_rows: int
+                         ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """(index in ``heads``, (log-probs, hidden)) of each single-head ablation, as :func:`ablated_last`, but
+    a head of layer l reruns only layers l.. from the clean pass's cached input of layer l
+    (``prefix``: a :class:`headmine.causal.fast_sweep.PrefixCache`; layers before l are untouched by the
+    ablation): about half the compute of full forwards. Up to ``max_rows`` rows (heads x prompts) per
+    pass; the readout runs per head on the prompts' rows (the clean readout's shape, so an ablation that
+    changes nothing gives the clean log-probabilities bit for bit)."""
+    n, n_layers = prefix.batch, lm.geometry.n_layers
+    per = max(1, max_rows // n)
+    by_layer: dict[int, list[int]] = {}
+    for j, h in enumerate(heads):
+        by_layer.setdefault(h.layer, []).append(j)
+    for layer, idx in sorted(by_layer.items()):
+        for start in range(0, len(idx), per):
+            chunk = idx[start:start + per]
+            with torch.no_grad(), scaled_queries(lm, [(heads[j],) for j in chunk], eps, rows_per_set=n):
+                resid = prefix.run_from(layer, len(chunk), stop=n_layers)
+            last = resid[:, -1:]  # prompts are left-padded: the last position is real in every row
+            for i, j in enumerate(chunk):
+                with torch.no_grad():
+                    yield j, _readout(lm, last[i * n:(i + 1) * n])
 
 
 def sahara(lm: Any, batch: Batch, candidates: Sequence[HeadId], *, steps: int = 3, eps: float = 1e-5,
