@@ -16,8 +16,10 @@ from typing import Any
 
 from headmine.atlas import Atlas
 from headmine.report.applications import application_runs
+from headmine.report.edges import edge_circuit_runs
 from headmine.report.chg import CHG_DEFINITIONS, chg_runs
 from headmine.report.evidence import head_evidence, role_map
+from headmine.report.ioi_circuit import ioi_circuit_runs
 from headmine.report.labels import head_labels, head_type_sections, papers_by_type
 from headmine.report.runs import model_geometry, model_header, require_model, run_rows
 from headmine.report.series import (
@@ -63,6 +65,8 @@ class ModelData:
     papers_by_type: dict[str, list[dict[str, Any]]]
     definitions: dict[str, str]
     applications: list[dict[str, Any]] = field(default_factory=list)
+    ioi: list[dict[str, Any]] = field(default_factory=list)
+    edge_circuits: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -184,5 +188,7 @@ def load_model_data(atlas: Atlas, model: str, *, run_ids: Iterable[int] | None =
         papers_by_type={k: v for k, v in papers.items() if k in shown},
         definitions=definitions,
         applications=application_runs(atlas, runs),
+        ioi=ioi_circuit_runs(atlas, runs),
+        edge_circuits=edge_circuit_runs(atlas, runs),
         notes=notes,
     )

@@ -69,7 +69,15 @@ class PatchReader(Reader):
         if not weights.requires_grad and not bool(weights.any()):
             return None  # nothing patched here: the receiver reads the residual as is
         diff = self.corrupted[:, :, :prefix].to(writes.device) - writes[:, :, :prefix]
-        return torch.einsum("btud,uv->btvd", diff, weights)
+        if weights.requires_grad:
+            return torch.einsum("btud,uv->btvd", diff, weights)
+        # only the senders that matter: the patched ones, or (mostly patched) all minus the kept ones
+        rows = weights.any(1)
+        if int(rows.sum()) <= prefix // 2:
+            return torch.einsum("btud,uv->btvd", diff[:, :, rows], weights[rows])
+        kept = 1 - weights
+        rows = kept.any(1)
+        return diff.sum(2, keepdim=True) - torch.einsum("btud,uv->btvd", diff[:, :, rows], kept[rows])
 
 
 def check_supported(lm: LoadedModel) -> None:

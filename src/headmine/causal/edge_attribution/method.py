@@ -116,12 +116,12 @@ class EdgeAttributionResult:
     def frame(self) -> pd.DataFrame:
         g, out, n = self.graph, self.node_out(), int(self.baseline.shape[0])
         metric = f"out_edges_abs_{self.metric}"
-        rows: list[dict[str, Any]] = [{"component": "embed", "layer": 0, "method": self.method, "metric": metric,
+        rows: list[dict[str, Any]] = [{"component": "embed", "layer": 0, "head": -1, "method": self.method, "metric": metric,
                                        "value": out[0], "n": n}]
         for layer in range(g.n_layers):
-            rows += [{"layer": layer, "head": h, "method": self.method, "metric": metric,
+            rows += [{"component": "head", "layer": layer, "head": h, "method": self.method, "metric": metric,
                       "value": out[g.head_sender(layer, h)], "n": n} for h in range(g.n_heads)]
-            rows.append({"component": "mlp", "layer": layer, "method": self.method, "metric": metric,
+            rows.append({"component": "mlp", "layer": layer, "head": -1, "method": self.method, "metric": metric,
                          "value": out[g.mlp_sender(layer)], "n": n})
         return scores_frame(rows)
 
