@@ -255,7 +255,7 @@ def measured_memory(lm: Any, ids: list[int], new_tokens: int, policies: dict[str
         cache = DynamicCache(config=lm.model.config)
         with mixed_cache(lm, pol) if pol is not None else nullcontext(), torch.no_grad():
             lm.model.generate(input_ids=x, attention_mask=torch.ones_like(x), cache=cache, max_new_tokens=new_tokens,
-                              min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+                              min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=pad)
         full_pol = pol or KVPolicy(torch.ones(g.n_layers, g.n_kv_heads, dtype=torch.bool))
         out.append({"condition": name, "n_cached": n_cached, **cache_bytes(cache),
                     "computed": kv_memory(lm, full_pol, n_cached)})
