@@ -47,14 +47,28 @@ class Reader(ABC):
 
 
 class GradReader(Reader):
-    """Zero deltas that require grad: ``leaf.grad`` [B, T, V, d] is dMetric/d(receiver input)."""
+    """Zero deltas that require grad, one leaf per group of receivers (one leaf for all receivers would
+    make every slice's backward allocate and add a full [B, T, V, d] tensor); ``grads()`` after
+    ``backward`` is dMetric/d(receiver input) [B, T, V, d]."""
 
     def __init__(self, batch: int, seq: int, graph: EdgeGraph, d_model: int, device: torch.device,
                  dtype: torch.dtype = torch.float32) -> None:
-        self.leaf = torch.zeros(batch, seq, graph.n_receivers, d_model, device=device, dtype=dtype, requires_grad=True)
+        self.shape = (batch, seq, graph.n_receivers, d_model)
+        self.device, self.dtype = device, dtype
+        self.leaves: dict[tuple[int, int], torch.Tensor] = {}  # (first, end) receiver -> its leaf
 
     def read(self, rs: slice, prefix: int, writes: torch.Tensor) -> torch.Tensor:
-        return self.leaf[:, :, rs]
+        b, t, _, d = self.shape
+        leaf = torch.zeros(b, t, rs.stop - rs.start, d, device=self.device, dtype=self.dtype, requires_grad=True)
+        self.leaves[(rs.start, rs.stop)] = leaf
+        return leaf
+
+    def grads(self) -> torch.Tensor:
+        out = torch.zeros(self.shape, device=self.device, dtype=self.dtype)
+        for (first, end), leaf in self.leaves.items():
+            if leaf.grad is not None:  # None: nothing downstream of this receiver reaches the metric
+                out[:, :, first:end] = leaf.grad
+        return out
 
 
 class PatchReader(Reader):
@@ -63,21 +77,28 @@ class PatchReader(Reader):
     def __init__(self, patch: torch.Tensor, corrupted: torch.Tensor) -> None:
         self.patch = patch.to(corrupted.dtype) if corrupted.is_floating_point() else patch.float()
         self.corrupted = corrupted
+        self._cumulative: torch.Tensor | None = None  # corrupted writes summed over senders 0..u
 
     def read(self, rs: slice, prefix: int, writes: torch.Tensor) -> torch.Tensor | None:
         weights = self.patch[:prefix, rs].to(writes.device, writes.dtype)
-        if not weights.requires_grad and not bool(weights.any()):
-            return None  # nothing patched here: the receiver reads the residual as is
-        diff = self.corrupted[:, :, :prefix].to(writes.device) - writes[:, :, :prefix]
         if weights.requires_grad:
+            diff = self.corrupted[:, :, :prefix].to(writes.device) - writes[:, :, :prefix]
             return torch.einsum("btud,uv->btvd", diff, weights)
+        if not bool(weights.any()):
+            return None  # nothing patched here: the receiver reads the residual as is
         # only the senders that matter: the patched ones, or (mostly patched) all minus the kept ones
         rows = weights.any(1)
         if int(rows.sum()) <= prefix // 2:
-            return torch.einsum("btud,uv->btvd", diff[:, :, rows], weights[rows])
+            idx = rows.nonzero().squeeze(1)
+            diff = self.corrupted[:, :, idx].to(writes.device) - writes[:, :, idx]
+            return torch.einsum("btud,uv->btvd", diff, weights[idx])
+        if self._cumulative is None:
+            self._cumulative = self.corrupted.cumsum(2)
+        everything = self._cumulative[:, :, prefix - 1].to(writes.device) - writes[:, :, :prefix].sum(2)
         kept = 1 - weights
-        rows = kept.any(1)
-        return diff.sum(2, keepdim=True) - torch.einsum("btud,uv->btvd", diff[:, :, rows], kept[rows])
+        idx = kept.any(1).nonzero().squeeze(1)
+        diff = self.corrupted[:, :, idx].to(writes.device) - writes[:, :, idx]
+        return everything[:, :, None] - torch.einsum("btud,uv->btvd", diff, kept[idx])
 
 
 def check_supported(lm: LoadedModel) -> None:
