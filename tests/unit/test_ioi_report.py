@@ -4,6 +4,7 @@ drawing is an inline SVG with every atlas string escaped, and the page shows it.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from headmine.atlas import Atlas, write_job
 from headmine.causal.ioi_roles import IOIRoles, IOIRolesConfig
@@ -67,3 +68,60 @@ def test_report_draws_the_circuit(tmp_path):
     page = files.pages["tiny-ioi"].read_text(encoding="utf-8")
     assert 'id="ioi"' in page and 'class="ioi-circuit"' in page and "L3H1" in page
     assert EVIL not in page and "&lt;script&gt;alert" in page  # the note is escaped
+
+
+def _tiny_ioi_model(tok):
+    """A tiny random Llama with SmolLM2's tokenizer and one planted head (layer 1, head 0) that attends
+    uniformly and writes *against* every name it reads: S appears twice, IO once, so the logit
+    difference IO - S is positive, so the class tests run (the planted head is too weak to pass them)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from headmine.core.provenance import ModelProvenance
+    from headmine.models.families import adapter_for
+    from headmine.models.loading import LoadedModel
+    from headmine.tasks.ioi import ioi_names
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, head_dim=64, max_position_embeddings=512)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    names = torch.tensor([tok.encode(" " + n, add_special_tokens=False)[0] for n in ioi_names(tok)][:64])
+    m = model.model
+    attn = m.layers[1].self_attn
+    e = torch.nn.functional.normalize(m.embed_tokens.weight[names] * m.layers[1].input_layernorm.weight, dim=-1)
+    w_u = model.lm_head.weight[names] * m.norm.weight
+    with torch.no_grad():
+        for p in model.parameters():
+            p.requires_grad_(False)
+        attn.q_proj.weight[:64] = 0
+        attn.v_proj.weight[:64] = 0
+        attn.v_proj.weight[:len(names)] = e * 10
+        attn.o_proj.weight[:, :64] = 0
+        attn.o_proj.weight[:, :len(names)] = -30 * (w_u / w_u.norm(dim=-1, keepdim=True)).T
+    prov = ModelProvenance(name="tiny-ioi", source="in-process", source_kind="random", model_type="llama")
+    return LoadedModel(name="tiny-ioi", model=model, tokenizer=tok, adapter=adapter_for(model), provenance=prov)
+
+
+def test_cli_end_to_end_on_a_tiny_model_and_bad_input(smollm2, tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from headmine.cli import ioi as cli_ioi
+
+    lm = _tiny_ioi_model(smollm2.tokenizer)
+    monkeypatch.setattr(cli_ioi, "load_with_status", lambda *a, **k: lm)
+    app = typer.Typer()
+    cli_ioi.register(app)
+    res = CliRunner().invoke(app, ["tiny", "--n-fit", "8", "--n-heldout", "8", "--random-draws", "3",
+                                   "--atlas", str(tmp_path / "a.db")])
+    assert res.exit_code == 0, res.output
+    # the planted head has the direct effect but not the END->IO attention: no name mover, said so
+    # too weak a model for the class tests beyond the first: said so, the run is still stored
+    assert "none found" in res.output and "no name movers passed their test" in res.output
+    assert "faithfulness" in res.output
+    with Atlas.open(tmp_path / "a.db") as atlas:
+        assert list(atlas.runs(kind="ioi_circuit")["kind"]) == ["ioi_circuit"]
+    for args, text in ((["tiny", "--n-fit", "1"], "n_fit must be at least 2"),
+                       (["tiny", "--floor", "2"], "floor must lie in")):
+        bad = CliRunner().invoke(app, args)
+        assert bad.exit_code != 0 and text in bad.output and "Traceback" not in bad.output

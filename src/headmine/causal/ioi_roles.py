@@ -12,7 +12,8 @@ prompts, MLPs free, exact):
   head is "induction" when its attention S2->S1+1 exceeds S2->S1, else "duplicate token";
 - previous token: path patching sender -> the induction heads' keys lowers LD (attention S1+1->S1 reported);
 - backup name movers: with the NMs mean-ablated, path patching sender -> logits again; a backup head's
-  direct effect grows (compensation);
+  direct effect grows (compensation; heads in layers before the first NM are not re-tested: their own
+  input cannot change);
 - direct-effect heads: direct logit attribution of LD (DLA, one forward) differs from zero.
 
 Selection rule (chosen on FIT prompts and stated with every run): a head's relative effect
@@ -246,10 +247,10 @@ def ioi_roles(lm: LoadedModel, config: IOIRolesConfig | None = None, *, log: Any
     thresholds: dict[str, float] = {}
     every = torch.ones(g.n_layers, g.n_heads, dtype=torch.bool)
 
-    def pp(receivers: Any, inp: str = "qkv", ablate: Any = ()) -> torch.Tensor:
+    def pp(receivers: Any, inp: str = "qkv", ablate: Any = (), senders: Any = None) -> torch.Tensor:
         with intervening(lm, list(ablate)):
-            eff = path_patching(lm, fit.ids, fit.mask, fit.corr_ids, fit.corr_mask, fit.metric, receivers=receivers,
-                                receiver_input=inp, max_rows=cfg.max_rows)
+            eff = path_patching(lm, fit.ids, fit.mask, fit.corr_ids, fit.corr_mask, fit.metric, senders=senders,
+                                receivers=receivers, receiver_input=inp, max_rows=cfg.max_rows)
         return eff.values - eff.baseline
 
     say("signatures: attention and direct effects")
@@ -277,7 +278,9 @@ def ioi_roles(lm: LoadedModel, config: IOIRolesConfig | None = None, *, log: Any
     if roles["name_mover"]:
         say("backup name movers: direct effects with the name movers mean-ablated")
         nm_abl = TiledMean(heads=tuple(roles["name_mover"]), values=fit_vals)
-        d_abl = pp("logits", ablate=[nm_abl])
+        # a head before the first name mover's layer cannot see the ablation in its own input: not re-tested
+        first = min(h.layer for h in roles["name_mover"])
+        d_abl = pp("logits", ablate=[nm_abl], senders=[h for h in g.heads() if h.layer >= first])
         change = d_abl - d_logits
         evidence["direct_path_nm_ablated"] = (d_abl.mean(-1) / ld_fit).numpy()
         roles["backup_name_mover"], thresholds["backup"], rel_b = select(change, ld_fit, every, -1, exclude=taken, **kw)
