@@ -156,7 +156,7 @@ class EdgeForward:
             if delta is None:
                 return output
             assert self._resid is not None  # the attention norm's pre-hook ran first
-            x = self._resid[:, :, None, :] + delta.to(self._resid.dtype)  # [B, T, n, d]: one residual copy per receiver
+            x = self._resid[:, :, None, :] + delta.to(self._resid.device, self._resid.dtype)  # [B, T, n, d]: one residual copy per receiver
             normed = norm.forward(x)  # the module's own math, without its hooks
             out = torch.einsum("btnd,nde->btne", normed, weight.to(normed.dtype))
             if bias is not None:
@@ -166,7 +166,7 @@ class EdgeForward:
 
     def _heads_hook(self, layer: int, post: NormSpec | None) -> Callable[..., Any]:
         g = self.lm.geometry
-        w_o = self.lm.adapter.W_O(layer)  # [H, d_head, d]
+        w_o = self.lm.adapter.W_O(layer)  # [H, d_head, d], on the layer's device
         first = self.graph.head_sender(layer, 0)
 
         def fn(module: nn.Module, args: Any, kwargs: Any, output: torch.Tensor) -> None:
@@ -175,7 +175,7 @@ class EdgeForward:
             if post is not None:
                 factor = post.weight.to(r.device, self.dtype) / post.scale(output.detach().to(self.dtype)).to(self.dtype)
                 r = r * factor[:, :, None, :]
-            self.writes[:, :, first:first + g.n_heads] = r
+            self.writes[:, :, first:first + g.n_heads] = r.to(self.writes.device)
         return fn
 
     def _shift_hook(self, rs: slice) -> Callable[..., Any]:
@@ -186,14 +186,14 @@ class EdgeForward:
             delta = self.reader.read(rs, prefix, self.writes)
             if delta is None:
                 return None
-            new = x + delta[:, :, 0].to(x.dtype)
+            new = x + delta[:, :, 0].to(x.device, x.dtype)
             return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
         return fn
 
     def _write_hook(self, u: int) -> Callable[..., Any]:
         def fn(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
             out = output[0] if isinstance(output, tuple) else output
-            self.writes[:, :, u] = out.detach().to(self.dtype)
+            self.writes[:, :, u] = out.detach().to(self.writes.device, self.dtype)
         return fn
 
     def specs(self, embeddings: torch.Tensor | None = None) -> list[HookSpec]:
