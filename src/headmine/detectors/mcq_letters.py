@@ -16,7 +16,10 @@ where the letter is predicted) on the four option letters of the open question (
   letter is correct in up to half of a batch's prompts (the scan's default batch is 8).
 
 Causal check for both: mean-ablating the top-k heads should raise the cross-entropy of the correct
-letter more than ablating k random heads (the paper's heads are the ones with direct effect on it).
+letter more than ablating k random heads (the paper's heads are the ones with direct effect on it). That
+needs a model that maps answer content to letters: SmolLM2-135M-Instruct and Gemma 3 270M answer the
+packaged questions at chance in every format tried (bench/results/detectors_b.md), so on them the check
+cannot confirm the type; the detectors are tested on planted patterns and loop oracles.
 """
 
 from __future__ import annotations
@@ -87,11 +90,12 @@ def single_letter_score(record: CaptureRecord, meta: Mapping[str, Any], weights:
 CORRECT_LETTER = register(Detector(
     name="correct_letter", head_type="Correct Letter Head", task="mcq", sites=frozenset({Site.PATTERN}),
     causal=CausalCheckSpec(task="mcq"), score=correct_letter_score, threshold=0.3,
-    definition="attention from the answer position to the correct option's letter (Lieberum et al. 2023)",
+    definition="attention from the answer position to the correct option's letter (Lieberum et al. 2023); its causal "
+               "check needs a model that answers the MCQs above chance (SmolLM2-135M, Gemma 3 270M do not)",
 ))
 SINGLE_LETTER = register(Detector(
     name="single_letter", head_type="Single Letter Head", task="mcq", sites=frozenset({Site.PATTERN}),
     causal=CausalCheckSpec(task="mcq"), score=single_letter_score, threshold=0.5,
     definition="attention from the answer position to one fixed option letter, whatever the answer "
-               "(Lieberum et al. 2023)",
+               "(Lieberum et al. 2023); its causal check needs a model that answers the MCQs above chance",
 ))
