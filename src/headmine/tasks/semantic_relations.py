@@ -46,7 +46,8 @@ def semantic_relations(tokenizer: Any, *, n: int = 24, seed: int = 0, prepend_bo
     rels = []
     for name in SENTENCES:
         rel = builtin_relation(name, tokenizer)
-        pairs = [p for p in rel.pairs if p[1][:1].isalpha()]
+        # the tail must be a word of its own: not in the subject ("an orange" that was "orange")
+        pairs = [p for p in rel.pairs if p[1][:1].isalpha() and p[1].lower() not in p[0].lower().split()]
         if len({a for _, a in pairs}) < N_FACTS:
             raise TaskError(f"relation {name!r} has fewer than {N_FACTS} one-token answers in this tokenizer")
         rels.append((name, pairs))
