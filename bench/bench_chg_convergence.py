@@ -54,6 +54,10 @@ CONFIGS: dict[str, tuple[int, str, dict[str, Any]]] = {
     # box + a stage G fast enough to settle (inside the box a high lr cannot push logits out of reach)
     "mb64_box_g05": (64, "paper", dict(updates=(30, 60, 60), lrs=((0.5, 0.05),) * 3, batch_size=8, micro_batch=16,
                                        seeds=2, eval_rows=16, project=True)),
+    # full batch (no noise: stages settle) + box + a 10x regulariser (moves the bistable band of |dNLL/dg|
+    # to 0.015-0.21, so more heads are decided by the regulariser whatever the start)
+    "full16_box_lam1": (16, "paper", dict(updates=(20, 30, 30), lrs=((0.5, 0.05),) * 3, batch_size=16, micro_batch=32,
+                                          seeds=2, eval_rows=16, project=True, lam=1.0)),
 }
 
 

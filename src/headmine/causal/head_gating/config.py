@@ -85,7 +85,10 @@ PRESETS: dict[str, CHGConfig] = {
     "quick": CHGConfig(preset="quick", rows=8, updates=(15, 25, 25), lrs=((0.5, 0.05), (1.0, 0.1), (1.0, 0.1)),
                        batch_size=8, micro_batch=16, seeds=2, eval_rows=8),
     # the same on 16 prompts, 20 + 30 + 30 updates: 343 CPU-s on SmolLM2 IOI. Measured NOT converged either
-    # (relative change <= 0.018, seeds disagree: F r 0.07, labels 33%)
+    # (relative change <= 0.018, seeds disagree: F r 0.07, labels 33%). Nothing else measured converges within
+    # these budgets either: 64 prompts in mini-batches of 8 (F r 0.31, labels 45%, kappa 0.22), the same with
+    # the logits kept inside the +-4 box (project=True: F r 0.40, labels 46%), box + lam 1.0 on 16 prompts
+    # (irrelevant 52%, F r 0.31, labels 51%): see bench/results/chg_convergence.md
     "standard": CHGConfig(preset="standard", rows=16, updates=(20, 30, 30), lrs=((0.5, 0.05), (1.0, 0.1), (1.0, 0.1)),
                           batch_size=16, micro_batch=32, seeds=2, eval_rows=16),
 }
