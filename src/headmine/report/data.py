@@ -16,8 +16,8 @@ from typing import Any
 
 from headmine.atlas import Atlas
 from headmine.report.applications import application_runs
-from headmine.report.edges import edge_circuit_runs
 from headmine.report.chg import CHG_DEFINITIONS, chg_runs
+from headmine.report.edges import edge_circuit_runs
 from headmine.report.evidence import head_evidence, role_map
 from headmine.report.ioi_circuit import ioi_circuit_runs
 from headmine.report.labels import head_labels, head_type_sections, papers_by_type
