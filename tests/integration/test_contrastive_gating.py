@@ -5,7 +5,9 @@ four word-mapping tasks; accuracies are measured on the held-out task (singular 
 Measured (seed 0, about 90 s on 2 CPU cores): instruction format 100% -> 0% (forgotten), few-shot format
 100% -> 56%. So the first half of the claim holds with a wide margin, and the second (retain accuracy drops
 by less than 10 points) does NOT hold at this budget: it is kept as a strict expected failure, so the suite
-says when a preset starts to meet it.
+says when a preset starts to meet it. Weighting the retain term 3x (``retain_weight=3``, not the official
+loss) trades the halves: few-shot 100% -> 96% (inside 10 points) but instruction only 100% -> 60% (not
+forgotten); bench/results/chg_contrast.md.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def test_contrastive_chg_forgets_the_instruction_format_on_a_heldout_task(heldou
 
 
 @pytest.mark.xfail(strict=True, reason="quick preset: the few-shot format on the held-out task drops 44 points "
-                   "(1.00 -> 0.56, measured), the paper reports < 10")
+                   "(1.00 -> 0.56, measured), the paper reports < 10; retain_weight 3 keeps it (-4) but "
+                   "forgets only 100 -> 60%")
 def test_contrastive_chg_keeps_the_retain_format_on_a_heldout_task(heldout_accuracy) -> None:
     acc = heldout_accuracy
     assert acc["retain"][0] - acc["retain"][1] < 0.10, acc
