@@ -150,9 +150,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--gates-dir", default=None, help="also save each fit's gates here as NAME.safetensors")
     p.add_argument("--table", action="store_true", help="print --out as a markdown table and exit")
+    p.add_argument("--compare-ref", metavar="DIR", default=None,
+                   help="print the label agreement of every DIR/NAME.safetensors (saved by --gates-dir) with --ref and exit")
     args = p.parse_args()
     if args.table:
         print(table(Path(args.out)))
+        return
+    if args.compare_ref:
+        from safetensors.torch import load_file
+
+        ref_gates = load_file(args.ref)
+        for f in sorted(Path(args.compare_ref).glob("*.safetensors")):
+            g = load_file(str(f))
+            print(f"{f.stem}: label agreement with the reference {ref_agreement(g['G_plus'], g['G_minus'], ref_gates, 0.5):.3f}")
         return
     torch.set_num_threads(args.threads)
     ref = None
