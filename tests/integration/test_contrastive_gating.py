@@ -7,7 +7,8 @@ Measured (seed 0, about 90 s on 2 CPU cores): instruction format 100% -> 0% (for
 by less than 10 points) does NOT hold at this budget: it is kept as a strict expected failure, so the suite
 says when a preset starts to meet it. Weighting the retain term 3x (``retain_weight=3``, not the official
 loss) trades the halves: few-shot 100% -> 96% (inside 10 points) but instruction only 100% -> 60% (not
-forgotten); bench/results/chg_contrast.md.
+forgotten); 48 updates at that weight forget it (100% -> 0%) but lose 24 retain points;
+bench/results/chg_contrast.md.
 """
 
 from __future__ import annotations
