@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -244,8 +244,6 @@ def measured_memory(lm: Any, ids: list[int], new_tokens: int, policies: dict[str
     """Generate ``new_tokens`` greedy tokens after ``ids`` once per policy (None: the plain cache) with the
     compact mixed cache, and MEASURE the bytes the cache holds at the end (:func:`cache_bytes`), next to
     the figure :func:`kv_memory` computes for the same number of cached tokens."""
-    from transformers import DynamicCache
-
     x = torch.tensor([ids], device=lm.device)
     n_cached = len(ids) + new_tokens - 1  # the last generated token is never fed back
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id

@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "headmine.cli.causal",
     "headmine.cli.gating",
     "headmine.cli.factual",
+    "headmine.cli.ioi",
+    "headmine.cli.eap",
     "headmine.cli.steer",
     "headmine.cli.fv",
     "headmine.cli.safety",

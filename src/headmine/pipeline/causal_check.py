@@ -99,7 +99,13 @@ def run_causal_checks(lm: LoadedModel, result: ScanResult, *, progress: Progress
     for task, dets in by_task.items():
         evaluation = evaluation_of(task)
         kwargs = evaluation.kwargs(cfg.causal_n, result.probe_params.get(task))
-        ev = evaluation.build(lm.tokenizer, seed=cfg.seed + CAUSAL_SEED_OFFSET, **kwargs)
+        try:
+            ev = evaluation.build(lm.tokenizer, seed=cfg.seed + CAUSAL_SEED_OFFSET, **kwargs)
+        except TaskError as err:  # e.g. too few single-token words in this tokenizer: no check, said so
+            out.notes.extend(f"detector {d.name!r}: causal check skipped (its task {task!r} cannot be built "
+                             f"for this model: {err.problem})" for d in dets)
+            done += len(dets) + cfg.n_random + 1
+            continue
         ids, mask = ev.batch.input_ids, ev.batch.attention_mask
         out.inputs[f"causal:{task}"] = [tuple(int(t) for t in r[m.bool()].tolist()) for r, m in zip(ids, mask, strict=True)]
         ref = run_capture(lm, CaptureSpec(sites=frozenset({Site.Z}), keep_logits=True), ids, mask)
