@@ -44,6 +44,13 @@ def test_factual_smollm2_mitigation_is_a_function_of_the_training_facts(smollm2,
     assert sel["split"] == "train" and sel["n_prompts"] == len(train) == rep.mitigation["train"]["n"]
     assert set(rep.mitigation["facts"]["train"]) == {"country_capital", "country_language"}
     assert rep.mitigation["heldout_relations"]["n"] > 0 and rep.mitigation["heldout_facts"]["n"] > 0
+    # the argument-passing check runs on the pairs that did not rank the heads (odd rows; even rows rank)
+    rank, held = pf.split_pairs(len(prompts.clean0))
+    assert not set(rank) & set(held) and len(held) >= pf.MIN_CHECK_PAIRS
+    check = rep.argument["check"]
+    assert check["split"].startswith("held-out") and check["n_check"] == len(held)
+    assert rep.argument["n"] == min(len(rank), SMALL.max_pairs)
+    assert check["top_heads"] == rep.argument["check_in_sample"]["top_heads"]
 
     real_split = pf.split_relation_facts
 

@@ -326,3 +326,14 @@ def test_no_heldout_fact_in_any_training_prompt(smollm2) -> None:
     assert n_lines > 3 * len(prompts.splits["train"])  # the demonstrations were checked too
     zero = prompts.clean0.meta["split"]
     assert len(zero) == len(prompts.clean0) and set(zero) == set(prompts.splits)
+
+
+def test_argument_passing_pairs_split_into_rank_and_check_halves() -> None:
+    """run_factual ranks argument-passing heads on even pairs and checks them on odd ones; too few pairs for
+    two halves of MIN_CHECK_PAIRS each and both are every row (the check then says it is in-sample)."""
+    from headmine.pipeline.factual import MIN_CHECK_PAIRS, split_pairs
+
+    rank, check = split_pairs(11)
+    assert rank == [0, 2, 4, 6, 8, 10] and check == [1, 3, 5, 7, 9]
+    few = 2 * MIN_CHECK_PAIRS - 1
+    assert split_pairs(few) == (list(range(few)), list(range(few)))

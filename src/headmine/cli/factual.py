@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
             t.add_row(row["head"], f"{row['path_effect']:+.3f}", f"{row['attn_subject']:.2f}", f"{row['decode_acc']:.2f}")
         console.print(t)
         c = a["check"]
-        console.print(f"causal check: patching top-{c['k']} {c['top_heads']} carries {c['top_k_effect']:+.3f} of the swap "
+        console.print(f"causal check on {c['split']}, {c['n_check']} pairs: patching top-{c['k']} {c['top_heads']} carries {c['top_k_effect']:+.3f} of the swap "
                       f"effect; {c['k']} random heads: {c['random_k_effect_mean']:+.3f}; difference "
                       f"{c['top_minus_random']:+.3f} [95% CI {c['top_minus_random_ci'][0]:+.3f}, {c['top_minus_random_ci'][1]:+.3f}]")
 

@@ -11,6 +11,9 @@ held-out facts, the held-out relations and the second half of the corpus windows
 The descriptive analyses use every split: the trajectory and the suppression table all prompts,
 argument passing and the MLP decomposition the zero-shot prompts (the task's equal-length subject
 swaps). The suppressor heads that feed the mitigation are measured again on the training prompts.
+Argument-passing heads are ranked on half of the subject-swap pairs and their causal check (top-k vs
+random heads, paired bootstrap CI) runs on the other half, so the check never reuses the pairs that
+chose the heads (:func:`split_pairs`); the in-sample check is kept beside it, labelled as such.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from headmine.causal.factual_recall import (
     Mitigation,
     answer_trajectory,
     argument_passing_heads,
+    check_heads,
     choose_mitigation,
     decompose_mlp,
     evaluate_mitigation,
@@ -206,6 +210,21 @@ def choose_on_train(lm: LoadedModel, cfg: FactualConfig, train: TokenBatch, corp
                           "corpus_windows": int(corpus_ids.shape[0]), "max_cost": cfg.max_cost, "factors": list(cfg.factors)}
 
 
+MIN_CHECK_PAIRS = 4
+"""Fewest subject-swap pairs on each side of the rank/check split; with fewer, the check runs on the
+ranking pairs and says so (``split`` = "in-sample")."""
+
+
+def split_pairs(n: int) -> tuple[list[int], list[int]]:
+    """(rank rows, check rows) of ``n`` subject-swap pairs: even rows rank the heads, odd rows check them.
+    The split needs ``n >= 2 * MIN_CHECK_PAIRS`` (each half then has at least MIN_CHECK_PAIRS rows); with
+    fewer pairs every row both ranks and checks."""
+    rows = list(range(n))
+    if n < 2 * MIN_CHECK_PAIRS:
+        return rows, rows
+    return rows[0::2], rows[1::2]
+
+
 def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Callable[[str], None] | None = None) -> FactualReport:
     """Run every analysis; returns the report (scores and inputs ready for the atlas). ``log`` gets one line per stage."""
     cfg = cfg or FactualConfig()
@@ -233,10 +252,16 @@ def run_factual(lm: LoadedModel, cfg: FactualConfig | None = None, *, log: Calla
                                metric="drop_share", value=traj.drop_share(), n=len(traj.prob)))
 
     t = time.perf_counter()
-    arg = argument_passing_heads(lm, clean0, corrupted=corrupt0, top_k=cfg.top_k, seed=cfg.seed,
-                                 max_senders=cfg.max_senders, max_pairs=cfg.max_pairs)
-    rep.argument = {"table": arg.table(10), "check": arg.check, "ld_clean": arg.ld_clean, "ld_corrupt": arg.ld_corrupt,
-                    "n": arg.n, "decode_chance": arg.decode_chance}
+    rank, check = split_pairs(len(clean0))
+    arg = argument_passing_heads(lm, clean0.select(rank), corrupted=corrupt0.select(rank), top_k=cfg.top_k,
+                                 seed=cfg.seed, max_senders=cfg.max_senders, max_pairs=cfg.max_pairs)
+    if check == rank:
+        heldout = arg.check | {"split": "in-sample (too few pairs to hold any out)", "n_check": len(check)}
+    else:
+        heldout = check_heads(lm, clean0.select(check), corrupt0.select(check), arg.top(cfg.top_k), seed=cfg.seed)
+        heldout |= {"split": "held-out pairs (not used to rank the heads)", "n_check": len(check)}
+    rep.argument = {"table": arg.table(10), "check": heldout, "check_in_sample": arg.check, "ld_clean": arg.ld_clean,
+                    "ld_corrupt": arg.ld_corrupt, "n": arg.n, "decode_chance": arg.decode_chance}
     for layer in range(lm.geometry.n_layers):
         for h in range(lm.geometry.n_heads):
             for metric, m in (("path_effect", arg.path_effect), ("attn_subject", arg.attn_subject), ("decode_acc", arg.decode_acc)):
