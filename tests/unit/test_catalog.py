@@ -111,7 +111,8 @@ def test_alias_resolution() -> None:
 
 def test_detector_links() -> None:
     types = load_head_types()
-    linked = {d.detector for ht in types.values() for d in ht.detectors if d.kind not in {"application", "defining_test"}}
+    linked = {d.detector for ht in types.values() for d in ht.detectors
+              if d.kind not in {"application", "defining_test", cat.NOT_TESTABLE}}
     assert linked == set(DETECTOR_REGISTRY.names()) | CAUSAL_LINKS  # every registered detector links its type
     for name, det in DETECTOR_REGISTRY.items():
         if cat.canonical_head_type(det.head_type) is None:
@@ -125,9 +126,13 @@ def test_detector_links() -> None:
     for ht in types.values():
         for link in ht.detectors:
             assert ht.name in cat.head_types_for_detector(link.detector)
-            assert link.kind in {"attention", "causal", "defining_test", "application"} and link.task
+            assert link.kind in {"attention", "causal", "defining_test", "application", cat.NOT_TESTABLE} and link.task
+            if link.kind == cat.NOT_TESTABLE:  # no detector on purpose: the note must say what testing needs
+                assert link.detector == "none" and link.note and len(link.note) > 60, ht.name
+                assert not [d for d in ht.detectors if d.kind in {"attention", "defining_test"}], ht.name
     raw = json.loads(_data("head_types.json"))["head_types"]
-    assert all(link["detector"] in CAUSAL_LINKS for item in raw for link in item["detectors"])
+    assert all(link["detector"] in CAUSAL_LINKS for item in raw for link in item["detectors"]
+               if link["kind"] != cat.NOT_TESTABLE)
     assert "Induction Head" in cat.head_types_for_detector("induction")
     assert cat.head_types_for_detector("successor") == ["Successor Head"]
     assert cat.head_types_for_detector("previous_token") == ["Previous Token Head"]
@@ -239,12 +244,16 @@ def test_coverage_counts_detectors_and_applications_by_stage():
         assert r["covered"] + len(r["missing"]) == r["types"]
         assert max(r["detector"], r["defining_test"], r["application"]) <= r["covered"]
         assert r["covered"] <= r["detector"] + r["defining_test"] + r["application"]
+        assert r["covered"] + r["generic_only"] + r["not_testable"] <= r["types"]  # each type in one column
+    assert by_stage["Latent Reasoning"]["not_testable"] >= 1 and "CoT Head" in by_stage["Latent Reasoning"]["missing"]
     lr = by_stage["Latent Reasoning"]
     assert "steer" in _app_names() and "Truthfulness Head" not in lr["missing"] and lr["application"] >= 1
     out = CliRunner().invoke(app, ["catalog", "--coverage"], env={"COLUMNS": "250"})
     assert out.exit_code == 0 and "Knowledge Recalling" in out.output
     total = sum(r["covered"] for r in rows)
     assert f"{total} ({total / 71:.0%})" in out.output
+    why = CliRunner().invoke(app, ["catalog", "--head-type", "CoT Head"], env={"COLUMNS": "250"})
+    assert why.exit_code == 0 and "not testable here" in why.output and "chain-of-thought" in why.output
 
 
 def _app_names() -> list[str]:

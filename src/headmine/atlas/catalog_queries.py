@@ -60,12 +60,16 @@ class CatalogQueries(AtlasConnection):
         )
         df["aliases"] = [json.loads(v) for v in df.pop("aliases_json")]
         links: dict[str, list[str]] = {}
-        for name, det in self.conn.execute(
-            "SELECT head_type, detector FROM head_type_detectors ORDER BY rowid"
+        untestable: dict[str, str] = {}
+        for name, det, kind, note in self.conn.execute(
+            "SELECT head_type, detector, kind, note FROM head_type_detectors ORDER BY rowid"
         ).fetchall():
-            if det not in links.setdefault(name, []):
+            if kind == _catalog.NOT_TESTABLE:  # not a detector: why the type cannot be tested here
+                untestable[name] = note or ""
+            elif det not in links.setdefault(name, []):
                 links[name].append(det)
         df["detectors"] = [links.get(name, []) for name in df["name"]]
+        df["not_testable"] = [untestable.get(name) for name in df["name"]]
         return df
 
     def papers_for_head_type(self, name: str) -> pd.DataFrame:

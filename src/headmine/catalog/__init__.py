@@ -3,6 +3,7 @@ from head types to the detectors and methods that find them. Pure Python (no tor
 so detectors tag themselves with a survey type at import time and register their links here."""
 
 from headmine.catalog.survey import (
+    NOT_TESTABLE,
     STAGE_ABBREVIATIONS,
     STAGES,
     DetectorLink,
@@ -24,6 +25,7 @@ from headmine.catalog.survey import (
 )
 
 __all__ = [
+    "NOT_TESTABLE",
     "STAGES",
     "STAGE_ABBREVIATIONS",
     "DetectorLink",

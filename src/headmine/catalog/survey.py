@@ -43,6 +43,11 @@ STAGE_ABBREVIATIONS: dict[str, str] = {
 _DATA_FILES = ("papers.tsv", "paper_summaries.json", "head_types.json")
 
 
+NOT_TESTABLE = "not_testable"
+"""Link kind of a type with no detector on purpose: its note says what testing it needs (scale, a data set, a
+behaviour the models here lack, training) so the gap is explained rather than linked loosely."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class DetectorLink:
     """A detector (or causal method) that finds a head type, and the task it runs on."""
@@ -52,7 +57,8 @@ class DetectorLink:
     kind: str
     """"attention" (pattern/weight score), "causal" (a generic intervention that tests candidates),
     "defining_test" (the causal test that defines the type in its paper, e.g. the IOI roles' path patching
-    or the dormancy test) or "application" (headmine.apply)."""
+    or the dormancy test), "application" (headmine.apply) or "not_testable" (:data:`NOT_TESTABLE`: no
+    detector; the note says why the type cannot be tested on the models headmine runs here)."""
     note: str | None = None
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from headmine.apply import APPLICATIONS
 from headmine.atlas import Atlas
-from headmine.catalog import STAGES, all_head_types, head_type_info
+from headmine.catalog import NOT_TESTABLE, STAGES, all_head_types, head_type_info
 from headmine.cli.console import console, friendly_errors
 from headmine.detectors import DETECTORS
 
@@ -48,7 +48,8 @@ def coverage_table() -> list[dict[str, Any]]:
     e.g. the IOI roles' path patching, registered as a link of kind ``defining_test``); those found by an
     application (tested against random heads of the same number); those covered by any of these; those
     linked only to a generic causal method (ablation, patching: a way to test candidates, not a test that
-    defines the type); and the names of the types not covered."""
+    defines the type); those marked not testable here (a note says what testing them needs); and the names
+    of the types not covered."""
     detectors = set(DETECTORS.names())
     rows = []
     for stage in STAGES:
@@ -57,10 +58,13 @@ def coverage_table() -> list[dict[str, Any]]:
         defining = {t.name for t in types if any(d.kind == "defining_test" for d in t.detectors)}
         application = {t.name for t in types if any(d.kind == "application" for d in t.detectors)}
         covered = own | defining | application
-        generic = {t.name for t in types if t.detectors and t.name not in covered}
+        untestable = {t.name for t in types if t.name not in covered
+                      and any(d.kind == NOT_TESTABLE for d in t.detectors)}
+        generic = {t.name for t in types if any(d.kind != NOT_TESTABLE for d in t.detectors)
+                   and t.name not in covered | untestable}
         rows.append({"stage": stage, "types": len(types), "detector": len(own), "defining_test": len(defining),
                      "application": len(application),
-                     "covered": len(covered), "generic_only": len(generic),
+                     "covered": len(covered), "generic_only": len(generic), "not_testable": len(untestable),
                      "missing": sorted(t.name for t in types if t.name not in covered)})
     return rows
 
@@ -69,18 +73,20 @@ def _print_coverage() -> None:
     rows = coverage_table()
     table = Table(title="head types headmine can find, by survey stage")
     for col in ("stage", "types", "own detector", "defining test", "application", "covered", "generic method only",
-                "not covered"):
+                "not testable here", "not covered"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(escape(r["stage"]), str(r["types"]), str(r["detector"]), str(r["defining_test"]),
                       str(r["application"]),
                       f"{r['covered']} ({r['covered'] / max(r['types'], 1):.0%})", str(r["generic_only"]),
-                      escape(", ".join(r["missing"])))
+                      str(r["not_testable"]), escape(", ".join(r["missing"])))
     total, covered = sum(r["types"] for r in rows), sum(r["covered"] for r in rows)
     table.add_row("all", str(total), str(sum(r["detector"] for r in rows)), str(sum(r["defining_test"] for r in rows)),
                   str(sum(r["application"] for r in rows)),
-                  f"{covered} ({covered / max(total, 1):.0%})", str(sum(r["generic_only"] for r in rows)), "")
+                  f"{covered} ({covered / max(total, 1):.0%})", str(sum(r["generic_only"] for r in rows)),
+                  str(sum(r["not_testable"] for r in rows)), "")
     console.print(table)
+    console.print("why a type is not testable here: `headmine catalog --head-type NAME`")
 
 
 def _print_catalog(db, head_type: str | None, stage: str | None, search: str | None) -> None:
@@ -94,9 +100,13 @@ def _print_catalog(db, head_type: str | None, stage: str | None, search: str | N
         detail.add_row("function", escape(info.function))
         detail.add_row(
             "detectors",
-            "\n".join(escape(f"{d.detector} ({d.kind}) on {d.task}" + (f": {d.note}" if d.note else "")) for d in info.detectors)
+            "\n".join(escape(f"{d.detector} ({d.kind}) on {d.task}" + (f": {d.note}" if d.note else ""))
+                      for d in info.detectors if d.kind != NOT_TESTABLE)
             or "[dim]no detector yet[/]",
         )
+        for d in info.detectors:
+            if d.kind == NOT_TESTABLE:
+                detail.add_row("not testable here", escape(d.note or ""))
         console.print(detail)
     if show_types:
         types = db.catalog_head_types(stage=stage)
@@ -104,7 +114,8 @@ def _print_catalog(db, head_type: str | None, stage: str | None, search: str | N
         for col in ("head type", "stage", "function", "detectors", "papers"):
             table.add_column(col, overflow="fold")
         for r in types.itertuples(index=False):
-            dets = ", ".join(r.detectors) if r.detectors else "[dim]no detector yet[/]"
+            dets = ", ".join(r.detectors) if r.detectors else (
+                "[dim]not testable here[/]" if r.not_testable is not None else "[dim]no detector yet[/]")
             table.add_row(escape(r.name), escape(r.stage), escape(r.function), dets if not r.detectors else escape(dets),
                           str(int(r.n_papers)))
         console.print(table)
