@@ -14,7 +14,6 @@ from headmine.apply import ApplyResult, HeadArtifact
 from headmine.atlas import write_job
 from headmine.cli.common import console
 
-AtlasPath = Annotated[Path | None, typer.Option("--atlas", help="write the run into this atlas (SQLite) file")]
 SavePath = Annotated[Path | None, typer.Option(
     "--save", help="save the artifact here (<stem>.json + <stem>.safetensors; apply it with headmine.apply.applied)")]
 Seed = Annotated[int, typer.Option("--seed", help="seed of the fit/held-out split and of the random-head draws")]

@@ -3,6 +3,7 @@ model loading with a spinner."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,7 +13,7 @@ from headmine.atlas import Atlas
 from headmine.cli.console import console, err_console, friendly_errors, is_tty
 from headmine.models.loading import LoadedModel, load_model
 
-__all__ = ["Device", "Dtype", "TrustRemoteCode", "check_atlas", "console", "err_console", "friendly_errors", "is_tty", "load_with_status"]
+__all__ = ["AtlasPath", "Device", "Dtype", "TrustRemoteCode", "check_atlas", "console", "err_console", "friendly_errors", "is_tty", "load_with_status"]
 
 # The options of every command that loads a model (checked by models.placement before the load starts).
 Device = Annotated[str, typer.Option(
@@ -20,6 +21,8 @@ Device = Annotated[str, typer.Option(
 Dtype = Annotated[str, typer.Option("--dtype", help="float32 | bfloat16 | float16 (scores still accumulate in float32)")]
 TrustRemoteCode = Annotated[bool, typer.Option(
     "--trust-remote-code", help="run Python code shipped with a hub model (off by default: only for models you trust)")]
+# The option of every command that can store its run.
+AtlasPath = Annotated[Path | None, typer.Option("--atlas", help="write the run into this atlas (SQLite) file")]
 
 
 def load_with_status(name: str, **kwargs: Any) -> LoadedModel:

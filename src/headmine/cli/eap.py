@@ -15,6 +15,7 @@ from rich.table import Table
 from headmine.atlas import write_job
 from headmine.causal.edge_attribution.method import DEFAULT_EDGES, EdgeAttributionConfig
 from headmine.cli.common import (
+    AtlasPath,
     Device,
     Dtype,
     TrustRemoteCode,
@@ -72,7 +73,7 @@ def register(app: typer.Typer) -> None:
         check_random: int = typer.Option(10, "--check-random", help="random edges checked against exact edge patching"),
         top: int = typer.Option(10, "--top", help="top edges to print"),
         seed: int = typer.Option(0, "--seed", help="task and random-edge seed"),
-        atlas: str = typer.Option(None, "--atlas", help="write the run into this atlas (SQLite) file"),
+        atlas: AtlasPath = None,
         device: Device = "cpu", dtype: Dtype = "float32", trust_remote_code: TrustRemoteCode = False,
     ) -> None:
         """Edge-level circuit discovery with EAP / EAP-IG (Hanna et al. 2024), grouped-query attention native."""

@@ -4,9 +4,6 @@ test that defines its class on fit prompts; the circuit's faithfulness on held-o
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -14,6 +11,7 @@ from rich.table import Table
 from headmine.atlas import write_job
 from headmine.causal.ioi_roles import ROLE_TYPES, IOIRolesConfig
 from headmine.cli.common import (
+    AtlasPath,
     Device,
     Dtype,
     TrustRemoteCode,
@@ -23,8 +21,6 @@ from headmine.cli.common import (
     load_with_status,
 )
 from headmine.pipeline.ioi_circuit import IOICircuitResult, run_ioi_circuit
-
-AtlasPath = Annotated[Path | None, typer.Option("--atlas", help="write the run into this atlas (SQLite) file")]
 
 
 def _f(x: object, signed: bool = False) -> str:

@@ -9,8 +9,9 @@ from pathlib import Path
 import typer
 
 from headmine.apply.prune import PruneConfig, run_prune, save_pruned
-from headmine.cli.apply_common import AtlasPath, SavePath, Seed, finish
+from headmine.cli.apply_common import SavePath, Seed, finish
 from headmine.cli.common import (
+    AtlasPath,
     Device,
     Dtype,
     TrustRemoteCode,

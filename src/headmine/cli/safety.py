@@ -6,8 +6,9 @@ from __future__ import annotations
 import typer
 
 from headmine.apply.safety import SafetyConfig, run_safety
-from headmine.cli.apply_common import AtlasPath, SavePath, Seed, finish
+from headmine.cli.apply_common import SavePath, Seed, finish
 from headmine.cli.common import (
+    AtlasPath,
     Device,
     Dtype,
     TrustRemoteCode,
