@@ -140,6 +140,20 @@ def test_labels():
     assert abs(sum(res.shares()[lab] for lab in hg.LABELS) - 1) < 1e-6
 
 
+def test_always_share_next_to_its_chance_share():
+    """Seeds that label heads independently are "always" facilitating about as often as the product of
+    their shares; identical seeds are always exactly as often as one seed, far above that product."""
+    gen = torch.Generator().manual_seed(0)
+    k, n = 3, 4000
+    gp, gm = torch.rand(k, 1, n, generator=gen), torch.rand(k, 1, n, generator=gen)
+    indep = hg.CHGResult(G=gp, G_plus=gp, G_minus=gm, config=TINY).shares()
+    per_seed = [float(((gp[i] >= 0.5) & (gm[i] >= 0.5)).float().mean()) for i in range(k)]
+    assert abs(indep["F_always_chance"] - per_seed[0] * per_seed[1] * per_seed[2]) < 1e-9
+    assert abs(indep["F_always"] - indep["F_always_chance"]) < 0.01  # ~1.6% both; independent seeds
+    same = hg.CHGResult(G=gp, G_plus=gp[:1].expand(k, 1, n), G_minus=gm[:1].expand(k, 1, n), config=TINY).shares()
+    assert abs(same["F_always"] - per_seed[0]) < 1e-9 and same["F_always"] > 10 * same["F_always_chance"]
+
+
 def test_targeted_ablation_zero_at_k0_and_consistent(lm, data):
     """k = 0 changes no head (delta exactly 0); k = 1 equals closing vs opening that head alone; k = all heads
     equals all heads closed vs open."""

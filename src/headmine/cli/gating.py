@@ -151,9 +151,11 @@ def register(app: typer.Typer) -> None:
         table.add_column("label")
         table.add_column("share of heads (pooled seeds)", justify="right")
         table.add_column("always", justify="right")
+        table.add_column("always if seeds were independent", justify="right")
         table.add_column("any", justify="right")
         for lab, key in zip(LABELS, ("F", "N", "I", None, None), strict=True):
             table.add_row(lab, f"{shares[lab]:.1%}", f"{shares[key + '_always']:.1%}" if key else "",
+                          f"{shares[key + '_always_chance']:.1%}" if key and res.G.shape[0] > 1 else "",
                           f"{shares[key + '_any']:.1%}" if key else "")
         console.print(table)
         if res.G.shape[0] > 1:

@@ -73,13 +73,19 @@ class CHGResult:
         return out
 
     def shares(self) -> dict[str, float]:
-        """Fractions of heads per label (pooled over seeds) and per always/any aggregate."""
+        """Fractions of heads per label (pooled over seeds) and per always/any aggregate, and
+        ``{F,N,I}_always_chance``: the share "always" would have if the seeds labelled heads independently,
+        each with its own label shares (the product of the per-seed shares). An "always" share near its
+        chance share is mostly coincidence: with two seeds that each call 29% of heads facilitating, 8% of
+        the heads are facilitating in both by chance alone."""
         codes = self.label_codes()
         out = {f"{lab}": float((codes == i).float().mean()) for i, lab in enumerate(LABELS)}
         agg = self.aggregate()
-        for name in ("F", "N", "I"):
+        per_seed = (codes.flatten(1)[:, :, None] == torch.arange(3)).double().mean(1)  # [K, 3] shares of F, N, I
+        for idx, name in enumerate(("F", "N", "I")):
             out[f"{name}_always"] = float(agg[f"{name}_always"].float().mean())
             out[f"{name}_any"] = float(agg[f"{name}_any"].float().mean())
+            out[f"{name}_always_chance"] = float(per_seed[:, idx].prod())
         return out
 
     def seed_agreement(self) -> dict[str, float]:
