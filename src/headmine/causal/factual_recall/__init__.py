@@ -1,6 +1,8 @@
 """Factual recall mechanisms (issue 6; METHODS.md §2).
 
 - :func:`answer_trajectory`: logit-lens answer probability/rank after every layer, last-layer drop share.
+- :func:`additive_heads` / :func:`additive_heads_frame`: subject, relation and mixed heads by direct logit
+  attribution decomposed by source token group (:func:`source_dla`), checked by read ablation on held-out facts.
 - :func:`argument_passing_heads`: path patching with subject swaps, attention to the subject, decoded head output;
   :func:`check_heads`: its causal check of given heads on other prompts.
 - :func:`decompose_mlp` / :func:`mlp_layer_scan`: MLP output = beta-weighted head outputs + relation intercept.
@@ -12,6 +14,17 @@
 Every analysis takes a fact batch (:mod:`headmine.causal.factual_recall.common`).
 """
 
+from headmine.causal.factual_recall.additive_heads import (
+    AdditiveConfig,
+    AdditiveHeads,
+    SourceDLA,
+    additive_heads,
+    additive_heads_frame,
+    fact_prompts,
+    read_ablation_check,
+    source_dla,
+    split_fact_prompts,
+)
 from headmine.causal.factual_recall.argument_passing import (
     ArgumentPassing,
     SwapPairs,
@@ -49,15 +62,20 @@ from headmine.causal.factual_recall.trajectory import Trajectory, answer_traject
 
 __all__ = [
     "FACT_SPLITS",
+    "AdditiveConfig",
+    "AdditiveHeads",
     "ArgumentPassing",
     "Component",
     "FactSplits",
     "Intercept",
     "Mitigation",
     "MlpDecomposition",
+    "SourceDLA",
     "Suppression",
     "SwapPairs",
     "Trajectory",
+    "additive_heads",
+    "additive_heads_frame",
     "answer_scores",
     "answer_trajectory",
     "argument_passing_heads",
@@ -68,9 +86,13 @@ __all__ = [
     "corpus_loss",
     "decompose_mlp",
     "evaluate_mitigation",
+    "fact_prompts",
     "final_layer_suppression",
     "mitigated",
     "mlp_layer_scan",
+    "read_ablation_check",
+    "source_dla",
+    "split_fact_prompts",
     "split_facts",
     "split_relation_facts",
     "subject_swaps",
