@@ -137,7 +137,7 @@ def test_detector_links() -> None:
     assert cat.head_types_for_detector("successor") == ["Successor Head"]
     assert cat.head_types_for_detector("previous_token") == ["Previous Token Head"]
     assert cat.head_types_for_detector("unknown_detector") == []
-    assert [d.detector for d in cat.detectors_for_head_type("Constant Head")] == []
+    assert [d.detector for d in cat.detectors_for_head_type("Constant Head")] == ["constant_letters"]
 
 
 @pytest.fixture

@@ -279,3 +279,42 @@ def test_sentiment_detectors_need_their_meta(lm):
     for name, key in (("sentiment_summarizer", "sentiment"), ("summary_reader", "summary")):
         with pytest.raises(DetectorError, match=key):
             scores(lm, name, ids, mask, {})
+
+
+# --------------------------------------------------------------------------- constant head
+T_MCQ = 48
+
+
+def letters_meta() -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Three synthetic MCQ prompts of 46-48 tokens (a head spread over all keys puts 1/12 of its attention on
+    the letters): four option letters, the correct one varying, the last token answers."""
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(1, VOCAB, (B, T_MCQ), generator=g)
+    ids[:, 0] = 0
+    mask = torch.ones(B, T_MCQ, dtype=torch.long)
+    mask[1, T_MCQ - 2:] = 0
+    letter_pos = torch.tensor([[13, 20, 27, 34], [12, 18, 24, 30], [14, 21, 28, 35]])
+    return ids, mask, {"letter_pos": letter_pos, "correct": torch.tensor([0, 2, 3])}
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_constant_letters_scores_even_spread_not_one_letter_and_matches_the_oracle(lm, monkeypatch, spread):
+    ids, mask, meta = letters_meta()
+    end = mask.sum(1) - 1
+    target = torch.zeros(B, T_MCQ, T_MCQ, dtype=torch.bool)
+    for b in range(B):
+        keys = meta["letter_pos"][b] if spread else meta["letter_pos"][b, meta["correct"][b]]
+        target[b, end[b], keys] = True
+    plant(monkeypatch, rows_onto(target, mask))
+    s = scores(lm, "constant_letters", ids, mask, meta)
+    # four letters with 1/4 each: all the mass is spread evenly; one letter with all of it: none is
+    assert s[PLANT_LAYER, PLANT_HEAD] == pytest.approx(1.0 if spread else 0.0, abs=1e-6)
+    others = s.clone()
+    others[PLANT_LAYER, PLANT_HEAD] = float("nan")
+    assert (others[~others.isnan()] < get_detector("constant_letters").threshold).all(), s
+    monkeypatch.undo()
+
+    attn = raw_attentions(lm, ids, mask)
+    expect = torch.tensor([[sum(4 * min(float(a[b, h, end[b], p]) for p in meta["letter_pos"][b]) for b in range(B)) / B
+                            for h in range(4)] for a in attn], dtype=torch.float64)
+    torch.testing.assert_close(scores(lm, "constant_letters", ids, mask, meta), expect, atol=1e-6, rtol=0)
