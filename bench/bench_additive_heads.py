@@ -1,6 +1,6 @@
 """Subject, relation and mixed heads (Chughtai et al. 2024) on real models: labels on fit facts, checks on held-out.
 
-    python bench/bench_additive_heads.py [--models smollm2,gemma3-270m] [--n-random 20] [--out bench/results/additive_heads.json]
+    python bench/bench_additive_heads.py [--models smollm2,gemma3-270m] [--n-random 20] [--seed 0] [--out bench/results/additive_heads.json]
 
 Single-threaded, timed in process CPU seconds. Per model: the built-in relations' facts split in half by
 subject (``split_relation_facts``), the facts the model ranks first kept, source-decomposed DLA and labels
@@ -22,7 +22,7 @@ from headmine.causal.factual_recall.additive_heads import AdditiveConfig, additi
 from headmine.models.loading import load_model
 
 COLS = ["head", "dla", "dla_subject", "dla_relation", "dla_other", "subject_specificity", "relation_specificity",
-        "relation_set_push", "relation_swap", "heldout_dla", "label"]
+        "relation_set_push", "relation_swap", "dla_end", "heldout_dla", "source", "label"]
 
 
 def run(name: str, config: AdditiveConfig) -> dict[str, Any]:
@@ -50,10 +50,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="smollm2")
     ap.add_argument("--n-random", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0, help="the fact split's and the random draws' seed")
     ap.add_argument("--out", type=Path, default=Path("bench/results/additive_heads.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    config = AdditiveConfig(n_random=args.n_random)
+    config = AdditiveConfig(n_random=args.n_random, seed=args.seed)
     out = [run(m, config) for m in args.models.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1, default=float))
