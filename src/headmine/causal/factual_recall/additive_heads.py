@@ -479,13 +479,16 @@ def additive_heads_frame(lm: LoadedModel, relations: Sequence[str] | None = None
 # --------------------------------------------------------------------------- catalog
 _LINKS = {
     "Subject Head": "DLA to the correct attribute decomposed by source tokens comes from the subject tokens "
-                    "(share >= 0.75 of subject+relation, fit facts); held-out check: mean-ablating their reads of "
-                    "the subject lowers the attribute logit vs random heads (Chughtai et al. 2024)",
+                    "(share >= 0.75, fit facts) and prefers the subject's own attribute; held-out check: "
+                    "mean-ablating their reads of the subject lowers the attribute logit vs random heads "
+                    "(Chughtai et al. 2024)",
     "Relation Head": "DLA to the correct attribute decomposed by source tokens comes from the relation tokens "
-                     "(share >= 0.75); they push the relation's attribute set; held-out check: mean-ablating their "
-                     "reads of the relation tokens vs random heads (Chughtai et al. 2024)",
-    "Mixed Head": "DLA to the correct attribute comes from both subject and relation tokens (the sum of a subject "
-                  "and a relation update); held-out check: both reads mean-ablated vs random heads (Chughtai et al. 2024)",
+                     "(share >= 0.75) and pushes the relation's attribute set at least as much as the correct "
+                     "member; held-out check: mean-ablating their reads of the relation tokens vs random heads "
+                     "(Chughtai et al. 2024)",
+    "Mixed Head": "DLA to the correct attribute comes from both subject and relation tokens (the sum of a "
+                  "subject-specific and a relation-set update); held-out check: both reads mean-ablated vs random "
+                  "heads (Chughtai et al. 2024)",
 }
 for _type, _note in _LINKS.items():
     catalog.register_link(_type, catalog.DetectorLink(detector="additive_heads", task="factual", kind="defining_test",
