@@ -7,6 +7,10 @@ scale frozen from the *full* residual (and the mean removed for LayerNorm), the 
 W_U[:, wrong] for a logit difference). The components then sum to the model's metric exactly, up
 to the norm's own bias, the unembedding bias and final-logit soft-capping (reported as ``rest``).
 The norm is the adapter's :class:`~headmine.models.norms.NormSpec`; this module knows no family.
+Blocks with post-norms (Gemma 2/3 "sandwich" norms) write ``post_norm(attn_out)``: each head's result
+goes through that norm linearised at the block's whole output (scale frozen), the MLP's output through
+its own post-norm; without this the heads' raw results (before a norm that rescales them by orders of
+magnitude) were attributed and the difference landed in ``rest``.
 """
 
 from __future__ import annotations
@@ -139,21 +143,33 @@ def direct_logit_attribution(
     embed = dla(rec.resid[0][:, 0]).cpu()
     for layer in range(g.n_layers):
         result = torch.einsum("bhd,hdm->bhm", rec.z[layer][:, 0].float(), a.W_O(layer).float())
-        heads[layer] = dla(result).T.cpu()
         b_o = a.b_O(layer)
+        b_written = None if b_o is None else b_o.float().expand(b, -1)
+        post = a.attn_post_norm_spec(layer)
+        if post is not None:  # Gemma 2/3 sandwich norm: heads enter the residual through it, linearised at
+            # the block's whole output (its scale frozen), so heads and bias still sum to what the block writes
+            lin = post.linearised(rec.attn_out[layer][:, 0].float())
+            result = lin(result)
+            b_written = None if b_written is None else lin(b_written)
+            if post.bias is not None:
+                b_written = post.bias.float().expand(b, -1) if b_written is None else b_written + post.bias.float()
+        heads[layer] = dla(result).T.cpu()
         parts = parts + result.sum(1).to(out)
-        if b_o is not None:
-            bias[layer] = dla(b_o.float().expand(b, -1)).cpu()
-            parts = parts + b_o.float().to(out)
+        if b_written is not None:
+            bias[layer] = dla(b_written).cpu()
+            parts = parts + b_written.to(out)
         if has_mlp:
             m_out = rec.mlp_out[layer][:, 0].float()
+            mlp_post = a.mlp_post_norm_spec(layer)
+            if mlp_post is not None:  # the MLP's own post-norm, applied exactly (one component)
+                m_out = mlp_post(m_out)
         else:  # no MLP module exposed (OPT): the block's remainder after attention
             m_out = (rec.resid[layer + 1][:, 0] - rec.resid[layer][:, 0] - rec.attn_out[layer][:, 0]).float()
         mlp[layer] = dla(m_out).cpu()
         parts = parts + m_out.to(out)
     assert rec.logits is not None
     total = metric(rec.logits).cpu()
-    rest = dla(resid_final.float().to(out) - parts)  # structural leftover: ~0 unless the blocks have post-norms
+    rest = dla(resid_final.float().to(out) - parts)  # structural leftover: ~0 (post-norms are linearised above)
     if frozen is not None and frozen.bias is not None:
         rest = rest + (frozen.bias * u).sum(-1)
     u_bias = a.unembed_bias()
