@@ -15,7 +15,10 @@ attention on every real key but the first and the query itself (``target_mass``)
 rows. Uniform attention scores 1/8 to 1/5 (one or two sentiment words among 5-12 earlier keys).
 
 Causal check: ablating the top heads should lower the right-valence logit difference at the end (``sentiment``:
-minus_valence_logit_diff) more than as many random heads.
+minus_valence_logit_diff) more than as many random heads. Measured (bench/results/detectors_d.md): SmolLM2 and
+Gemma 3 270M do the task (valence accuracy 0.88 / 0.81) and have heads with the pattern (44 / 18 at the 0.4
+threshold), but ablating the top five does not lower the logit difference beyond random five-head sets: the
+type is found by its attention here, not confirmed causally.
 """
 
 from __future__ import annotations

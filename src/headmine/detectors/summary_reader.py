@@ -12,7 +12,10 @@ attention half is scored here:
 first and the query itself (``target_mass``). Uniform attention scores about 2/16.
 
 Causal check: ablating the top heads should lower the right-valence logit difference (``sentiment``:
-minus_valence_logit_diff) more than as many random heads.
+minus_valence_logit_diff) more than as many random heads. Measured (bench/results/detectors_d.md): on SmolLM2
+and Gemma 3 270M the top scorers are bottom-layer heads on punctuation (delimiter-like), and ablating them does
+not lower the logit difference beyond random heads: Tigges et al.'s readers are found by path patching, which
+an attention score alone does not reproduce on these models.
 """
 
 from __future__ import annotations
