@@ -21,6 +21,9 @@ second scores about 0, since "No" is second in only half of the prompts.
 
 Causal check: mean-ablating the top-k heads should LOWER the model's negative bias, the mean over prompts of
 log P(" No") - log P(" Yes") at the answer position, more than ablating k random heads (expected sign -1).
+Measured (bench/results/detectors_c.md): confirmed on Gemma 3 270M (-0.86 vs -0.01); on SmolLM2-135M the
+top-NAS heads exist (L13H6 1.23) but ablating them RAISES the No bias (+0.46), so there the signature does
+not carry the paper's causal role.
 """
 
 from __future__ import annotations
