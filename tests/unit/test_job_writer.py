@@ -18,12 +18,15 @@ from headmine.apply import ApplyResult
 from headmine.atlas import Atlas, AtlasRun, JobResult, RunRecord, ScoreRow, score_rows, write_job
 from headmine.causal.contrastive_gating import ContrastConfig, split_pair_rows
 from headmine.causal.head_gating import CHGConfig, repeated_tokens_data
+from headmine.causal.ioi_roles import ROLE_TYPES, IOIRoles, IOIRolesConfig
 from headmine.causal.methods import get_method
 from headmine.core.errors import AtlasError
+from headmine.core.ids import HeadId
 from headmine.models.loading import LoadedModel
 from headmine.pipeline.causal import CausalRun, run_causal
 from headmine.pipeline.factual import FactualConfig, FactualReport
 from headmine.pipeline.gating import ContrastReport, GateReport, contrast_model, gate_model
+from headmine.pipeline.ioi_circuit import IOICircuitResult
 from headmine.pipeline.scan import ScanConfig, ScanResult, scan_model
 from tests.tiny_models import tiny_model
 
@@ -74,6 +77,20 @@ def _factual(lm: LoadedModel) -> JobResult:
     return report
 
 
+def _ioi(lm: LoadedModel) -> JobResult:
+    # ioi_roles needs a tokenizer with single-token names (tests/unit/test_ioi_roles.py runs it on a tiny
+    # Llama with SmolLM2's tokenizer); here the result is built the way run_ioi_circuit builds it.
+    g = lm.geometry
+    evidence = {"direct_path": np.zeros((g.n_layers, g.n_heads)), "pp_nm_q": np.zeros((g.n_layers, g.n_heads))}
+    evidence["direct_path"][1, 0] = -0.4
+    roles = {r: [] for r in ROLE_TYPES}
+    roles["name_mover"] = [HeadId(1, 0)]
+    res = IOIRoles(model=lm.name, n_layers=g.n_layers, n_heads=g.n_heads, config=IOIRolesConfig(), roles=roles,
+                   direct_effect=[], evidence=evidence, thresholds={"direct": 0.05}, vs_random={}, faithfulness={},
+                   ld_fit=1.0, ld_heldout=1.0, notes=[])
+    return IOICircuitResult(model=lm.name, model_info=lm.model_info(), result=res)
+
+
 #: How to produce each job result type on a small model (a new JobResult type needs an entry here).
 def _apply(lm: LoadedModel) -> JobResult:
     scores = _scan(lm).detector_scores("induction")  # a real per-head table, as an application ranks heads by
@@ -88,6 +105,7 @@ PRODUCERS: dict[type, Callable[[LoadedModel], JobResult]] = {
     ContrastReport: _contrast,
     FactualReport: _factual,
     ApplyResult: _apply,
+    IOICircuitResult: _ioi,
 }
 
 
