@@ -270,3 +270,11 @@ def test_negative_attention_score_matches_a_loop_oracle(tiny) -> None:
                 want += (pos + neg) * math.log((neg + 1e-6) / (pos + 1e-6)) / 3
             got = df[(df.layer == layer) & (df["head"] == head)].value.item()
             assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_cmr_like_on_copies_too_short_for_the_lags_scores_nothing(tiny) -> None:
+    """A copy shorter than the 11 lags leaves no eligible query: NaN everywhere, no error (a default scan goes on)."""
+    r = torch.arange(5, 11)[None]
+    ids = torch.cat([torch.zeros(1, 1, dtype=torch.long), r, r], 1)
+    rec = run_capture(tiny, CaptureSpec(sites={Site.PATTERN}), ids)
+    assert get_detector("cmr_like")(rec, {"seq_len": 6, "block_starts": (1, 7)}).value.isna().all()

@@ -61,9 +61,7 @@ def lag_profiles(record: CaptureRecord, meta: Mapping[str, Any], detector: str =
     except (KeyError, IndexError, TypeError) as err:
         raise DetectorError(f"detector {detector!r} needs the repeated_tokens batch meta (seq_len, block_starts)",
                             "scan it on the repeated_tokens task") from err
-    if seq_len < 2 * MAX_LAG + 2:
-        raise DetectorError(f"seq_len={seq_len} leaves no query whose lags -{MAX_LAG}..+{MAX_LAG} all fall in the first copy",
-                            f"use seq_len >= {2 * MAX_LAG + 2}")
+    # seq_len < 2 * MAX_LAG + 1 leaves no query whose lags all fall in the first copy: every profile is NaN
     mask = record.attention_mask.cpu().bool()
     b = mask.shape[0]
     lags = torch.tensor(LAGS)
@@ -73,7 +71,7 @@ def lag_profiles(record: CaptureRecord, meta: Mapping[str, Any], detector: str =
         qpos = query_positions(record, a.shape[2])  # [b, q]
         index = qpos - start - seq_len  # index of the query's token in the first copy
         eligible = (index >= MAX_LAG) & (index < seq_len - MAX_LAG) & mask[torch.arange(b)[:, None], qpos]
-        keys = (start + index.clamp(MAX_LAG, seq_len - MAX_LAG - 1))[:, :, None] + lags  # [b, q, L]
+        keys = (start + index[:, :, None] + lags).clamp(0, a.shape[3] - 1)  # [b, q, L]; ineligible rows weigh 0
         vals = a.gather(3, keys[:, None].expand(b, a.shape[1], -1, -1))  # [b, h, q, L]
         w = eligible.to(a.dtype)[:, None, :, None]
         n = eligible.sum(1).to(a.dtype)  # [b]
