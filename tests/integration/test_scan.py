@@ -127,3 +127,15 @@ def test_toy_model_ranks_induction_and_previous_token_heads():
         check = res.causal[name]
         assert check.confirmed, check.to_dict()
         assert check.topk_effect > 2.0 > max(check.random_effects)
+
+
+def test_a_check_whose_task_cannot_be_built_is_skipped_with_a_note(toy):
+    """The toy's word-level tokenizer has the treebank's words but too few single-token agreement nouns: the
+    syntactic_dependency detector still scores its heads, its causal check is skipped and the scan says why
+    (it used to fail the whole scan stage of `mine`)."""
+    cfg = ScanConfig(detectors=("syntactic_dependency", "previous_token"), top_k=2, n_random=2, causal_n=8,
+                     probe_params={"repeated_tokens": {"n": 4, "seq_len": 12}})
+    res = scan_model(toy, cfg)
+    assert "syntactic_dependency" not in res.causal and "previous_token" in res.causal
+    assert res.detector_scores("syntactic_dependency").value.notna().any()
+    assert any("'syntactic_dependency': causal check skipped" in n and "agreement" in n for n in res.notes), res.notes
