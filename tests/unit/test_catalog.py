@@ -13,6 +13,7 @@ import pytest
 
 from headmine import catalog as cat
 from headmine.atlas import Atlas, load_head_types, load_papers
+from headmine.causal import ioi_roles  # noqa: F401  (registers its links on import: the test must not depend on order)
 from headmine.core.errors import InputError
 from headmine.detectors import DETECTORS as DETECTOR_REGISTRY
 
@@ -38,7 +39,7 @@ SURVEY_HEAD_TYPES = {
 }  # fmt: skip
 
 # causal methods linked in the packaged catalog data (detectors register their own links in code)
-CAUSAL_LINKS = {"dormant", "chg", "argument_passing", "activation_patching", "ablation"}
+CAUSAL_LINKS = {"dormant", "chg", "argument_passing", "activation_patching", "ablation", "ioi_roles"}
 
 SURVEY_STAGE = {
     "Induction Head": "Latent Reasoning",
