@@ -37,32 +37,15 @@ from headmine.detectors.base import (
     Detector,
     empty_scores,
     n_layers_heads,
-    query_positions,
     register,
-    require_site,
 )
-from headmine.detectors.target_mass import meta_tensor
+from headmine.detectors.target_mass import last_token_attention, meta_tensor
 
 
 def letter_attention(record: CaptureRecord, meta: Mapping[str, Any], detector: str) -> dict[int, torch.Tensor]:
     """Per layer: [b, h, 4] attention from each prompt's last token to its four option letters (NaN for a
     prompt whose last-token row was not captured)."""
-    patterns = require_site(record, Site.PATTERN, detector)
-    letter_pos = meta_tensor(meta, "letter_pos", detector, "mcq").cpu()
-    mask = record.attention_mask.cpu().bool()
-    end = mask.sum(1) - 1
-    b = mask.shape[0]
-    out = {}
-    for layer, a in patterns.items():
-        a = a.detach().cpu().to(torch.float32)  # [b, h, q, k]
-        qpos = query_positions(record, a.shape[2])
-        hit = qpos == end[:, None]  # [b, q]
-        row = hit.float().argmax(1)
-        rows = a[torch.arange(b), :, row]  # [b, h, k]
-        vals = rows.gather(2, letter_pos[:, None, :].expand(b, rows.shape[1], letter_pos.shape[1]))
-        vals[~hit.any(1)] = float("nan")
-        out[layer] = vals
-    return out
+    return last_token_attention(record, meta_tensor(meta, "letter_pos", detector, "mcq"), detector)
 
 
 def correct_letter_score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -> BatchScores:

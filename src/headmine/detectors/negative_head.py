@@ -41,11 +41,9 @@ from headmine.detectors.base import (
     Detector,
     empty_scores,
     n_layers_heads,
-    query_positions,
     register,
-    require_site,
 )
-from headmine.detectors.target_mass import meta_tensor
+from headmine.detectors.target_mass import last_token_attention, meta_tensor
 
 EPS = 1e-6
 
@@ -54,23 +52,9 @@ def option_attention(record: CaptureRecord, meta: Mapping[str, Any], detector: s
                      ) -> dict[int, torch.Tensor]:
     """Per layer: [b, h, 2] attention from each prompt's last token to its "Yes" and "No" option tokens (NaN for
     a prompt whose last-token row was not captured)."""
-    patterns = require_site(record, Site.PATTERN, detector)
-    yes = meta_tensor(meta, "yes_pos", detector, "yes_no").cpu()
-    no = meta_tensor(meta, "no_pos", detector, "yes_no").cpu()
-    mask = record.attention_mask.cpu().bool()
-    end = mask.sum(1) - 1
-    b = mask.shape[0]
-    keys = torch.stack([yes, no], 1)  # [b, 2]
-    out = {}
-    for layer, a in patterns.items():
-        a = a.detach().cpu().to(torch.float32)  # [b, h, q, k]
-        qpos = query_positions(record, a.shape[2])
-        hit = qpos == end[:, None]
-        row = a[torch.arange(b), :, hit.float().argmax(1)]  # [b, h, k]
-        vals = row.gather(2, keys[:, None, :].expand(b, row.shape[1], 2))
-        vals[~hit.any(1)] = float("nan")
-        out[layer] = vals
-    return out
+    yes = meta_tensor(meta, "yes_pos", detector, "yes_no")
+    no = meta_tensor(meta, "no_pos", detector, "yes_no")
+    return last_token_attention(record, torch.stack([yes, no], 1), detector)
 
 
 def negative_attention_score(record: CaptureRecord, meta: Mapping[str, Any], weights: Any = None) -> BatchScores:

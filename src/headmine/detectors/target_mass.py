@@ -86,3 +86,23 @@ def meta_tensor(meta: Mapping[str, Any], key: str, detector: str, task: str) -> 
         raise DetectorError(f"detector {detector!r} needs batch metadata {key!r}",
                             f"score it on batches of the {task!r} probe task")
     return value
+
+
+def last_token_attention(record: CaptureRecord, keys: torch.Tensor, detector: str) -> dict[int, torch.Tensor]:
+    """Per layer: [b, h, k] raw attention from each prompt's last real token to its key positions ``keys``
+    ([b, k], e.g. the option letters of a multiple-choice prompt); NaN for a prompt whose last-token row was
+    not captured (a scan that keeps only some query rows)."""
+    patterns = require_site(record, Site.PATTERN, detector)
+    keys = keys.cpu().long()
+    mask = record.attention_mask.cpu().bool()
+    end = mask.sum(1) - 1
+    b = mask.shape[0]
+    out = {}
+    for layer, a in patterns.items():
+        a = a.detach().cpu().to(torch.float32)  # [b, h, q, k]
+        hit = query_positions(record, a.shape[2]) == end[:, None]  # [b, q]
+        rows = a[torch.arange(b), :, hit.float().argmax(1)]  # [b, h, k]
+        vals = rows.gather(2, keys[:, None, :].expand(b, rows.shape[1], keys.shape[1]))
+        vals[~hit.any(1)] = float("nan")
+        out[layer] = vals
+    return out
