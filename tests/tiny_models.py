@@ -12,6 +12,7 @@ from transformers import (
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
+    LlamaForCausalLM,
     MistralConfig,
     OPTConfig,
     Qwen2Config,
@@ -64,3 +65,23 @@ def tiny_model(name: str, seed: int = 0) -> LoadedModel:
     adapter = adapter_for(model)
     prov = ModelProvenance(name=name, source="in-process", source_kind="random", model_type=config.model_type)
     return LoadedModel(name=name, model=model, tokenizer=None, adapter=adapter, provenance=prov)
+
+
+def blank_llama(*, vocab_size: int = 24, d_model: int = 32, n_heads: int = 4, d_head: int = 8, n_layers: int = 2,
+                d_mlp: int = 8) -> LlamaForCausalLM:
+    """A tiny eager Llama with every weight zero and every RMSNorm gain one, frozen: the blank that planted-head
+    tests write their circuits into (a head, an MLP unit, an unembedding row at a time)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+                      num_attention_heads=n_heads, num_key_value_heads=n_heads, head_dim=d_head, max_position_embeddings=64,
+                      rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    cfg._attn_implementation = "eager"
+    model = LlamaForCausalLM(cfg).eval()
+    m = model.model
+    with torch.no_grad():
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.zero_()
+        for norm in [m.norm] + [x for lay in m.layers for x in (lay.input_layernorm, lay.post_attention_layernorm)]:
+            norm.weight.fill_(1.0)
+    return model

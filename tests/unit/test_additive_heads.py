@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from headmine.catalog import head_type_info
 from headmine.causal.factual_recall.additive_heads import (
@@ -32,7 +31,7 @@ from headmine.core.provenance import ModelProvenance
 from headmine.models.families import adapter_for
 from headmine.models.loading import LoadedModel
 from headmine.tasks.base import TokenBatch, pad_batch
-from tests.tiny_models import tiny_model
+from tests.tiny_models import blank_llama, tiny_model
 
 
 # --------------------------------------------------------------------------- oracle
@@ -132,20 +131,10 @@ D, NH, DH = 32, 4, 8
 
 def build_planted() -> LoadedModel:
     """L0H0 subject head, L0H1 relation head, L0H2 mixed head; L0H3 and layer 1: random small noise."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=24, hidden_size=D, intermediate_size=8, num_hidden_layers=2, num_attention_heads=NH,
-                      num_key_value_heads=NH, head_dim=DH, max_position_embeddings=64, rope_theta=1e6,
-                      rms_norm_eps=1e-6, tie_word_embeddings=False)
-    cfg._attn_implementation = "eager"
-    model = LlamaForCausalLM(cfg).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-        p.zero_()
+    model = blank_llama(d_model=D, n_heads=NH, d_head=DH)
     m = model.model
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for norm in [m.norm] + [x for lay in m.layers for x in (lay.input_layernorm, lay.post_attention_layernorm)]:
-            norm.weight.fill_(1.0)
         E = m.embed_tokens.weight
         E[:, 0] = 1.0                                       # constant
         E[BOS, 2] = 1.0

@@ -19,7 +19,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from headmine.causal.factual_recall import (
     Mitigation,
@@ -44,25 +43,16 @@ from headmine.models.loading import LoadedModel
 from headmine.pipeline.factual import FactualConfig, build_prompts
 from headmine.tasks.base import TokenBatch, pad_batch
 from headmine.tasks.factual import builtin_relation
+from tests.tiny_models import blank_llama
 
 BOS, SUBJ, ANS_A, ANS_B, REL_A, REL_B, FILL = 0, 1, 5, 9, 13, 14, 15
 D, NH, DH = 32, 4, 8
 
 
 def build_toy(suppress: float = 1.0) -> LoadedModel:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=24, hidden_size=D, intermediate_size=8, num_hidden_layers=2, num_attention_heads=NH,
-                      num_key_value_heads=NH, head_dim=DH, max_position_embeddings=64, rope_theta=1e6,
-                      rms_norm_eps=1e-6, tie_word_embeddings=False)
-    cfg._attn_implementation = "eager"
-    model = LlamaForCausalLM(cfg).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-        p.zero_()
+    model = blank_llama(d_model=D, n_heads=NH, d_head=DH)
     m = model.model
     with torch.no_grad():
-        for norm in [m.norm] + [x for lay in m.layers for x in (lay.input_layernorm, lay.post_attention_layernorm)]:
-            norm.weight.fill_(1.0)
         E = m.embed_tokens.weight
         E[:, 0] = 1.0                                   # constant feature
         E[BOS, 2] = 1.0                                 # is-BOS
