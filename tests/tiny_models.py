@@ -85,3 +85,10 @@ def blank_llama(*, vocab_size: int = 24, d_model: int = 32, n_heads: int = 4, d_
         for norm in [m.norm] + [x for lay in m.layers for x in (lay.input_layernorm, lay.post_attention_layernorm)]:
             norm.weight.fill_(1.0)
     return model
+
+
+def hf_attentions(lm: LoadedModel, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The model's own attention probabilities per layer ([b, h, q, k], eager), the oracle the detector
+    scores are checked against."""
+    with torch.no_grad():
+        return list(lm.model(input_ids=ids, output_attentions=True).attentions)

@@ -16,6 +16,7 @@ from headmine.detectors import CircuitWeights, get_detector
 from headmine.detectors.base import induction_template
 from headmine.detectors.target_mass import ngram_template
 from headmine.tasks import PROBES
+from tests.tiny_models import hf_attentions, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -175,14 +176,7 @@ def test_letter_detector_without_its_metadata_is_a_clear_error(tok) -> None:
 # --------------------------------------------------------------------------- raw-torch oracles
 @pytest.fixture(scope="module")
 def tiny():
-    from tests.tiny_models import tiny_model
-
     return tiny_model("llama-mha")
-
-
-def hf_attentions(lm, ids: torch.Tensor) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return list(lm.model(input_ids=ids, output_attentions=True).attentions)
 
 
 def test_ngram_score_matches_a_loop_oracle(tiny) -> None:

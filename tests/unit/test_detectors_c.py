@@ -19,6 +19,7 @@ from headmine.detectors import get_detector
 from headmine.detectors.cmr_like import LAGS, lag_profiles
 from headmine.detectors.cmr_model import MAX_LAG, cmr_distance, crp_table, simulate_crp
 from headmine.tasks import PROBES
+from tests.tiny_models import hf_attentions, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +47,7 @@ def labelled(name: str, rec: CaptureRecord, meta) -> list[int]:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from tests.tiny_models import tiny_model
-
     return tiny_model("llama-mha")
-
-
-def hf_attentions(lm, ids: torch.Tensor) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return list(lm.model(input_ids=ids, output_attentions=True).attentions)
 
 
 # --------------------------------------------------------------------------- CMR model
