@@ -1,6 +1,6 @@
 """Shared pieces of the pattern detectors that compare a head's attention with a per-task target set:
-the raw target mass (no renormalisation), the n-gram template, and a template from one target key per
-query row read from the batch metadata.
+the raw target mass (no renormalisation), the n-gram template, a template from one target key per
+query row read from the batch metadata, and the attention from each prompt's last token to given keys.
 
 ``target_mass_score`` is the evaluator of Olsson's prefix matching generalised to any template: for each
 eligible query row (one with at least one target), the head's attention summed over the targets, averaged
