@@ -1,17 +1,27 @@
 """Exact all-head zero-ablation sweep vs the naive loop vs TransformerLens vs nnsight on SmolLM2 (IOI).
 
-Same prompts, same heads, same metric (logit difference IO - S at END). The exact sweep runs every
-head; the naive loop and the peers run ``--sample`` heads spread over all layers (one full forward
-each, so their per-head cost is flat) and their all-head time is extrapolated (``--full`` runs
-them on every head instead). Numbers are compared on the sampled heads.
+Same prompts, same heads, same metric (logit difference IO - S at END), interleaved: each round runs every
+method once, in a rotated order, and the table reports the median over ``--rounds`` rounds.
 
-    python bench/bench_sweep.py --n 4 --sample 12 [--full] [--threads 1]
+Sizes (``--size``): ``ioi`` is the built-in IOI task as it tokenises (``--n`` prompts, right-padded to the
+longest); ``16x128`` is 16 IOI prompts each left-filled with neutral story text to exactly 128 tokens.
+Heads (``--heads``): ``full`` sweeps all 270 heads with every method; ``layer`` sweeps one head per layer
+(head ``l mod H`` of layer ``l``) with every method, the exact sweep included, and scales each time by
+heads / layers: exact, because the set is uniform over layers, and conservative for the exact sweep, which
+batches the heads of a layer together (one per layer forgoes that).
+
+The peers need their own environment (see bench/requirements-peers.txt); a peer that cannot run is
+reported as an error row, never left out silently.
+
+    python bench/bench_sweep.py --size ioi --n 8 --heads full --rounds 3 --out bench/results/sweep_ioi.json
+    python bench/bench_sweep.py --size 16x128 --heads layer --rounds 3 --out bench/results/sweep_16x128.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -78,45 +88,86 @@ def nnsight_loop(lm, ids, mask, metric, heads):
     return out
 
 
+FILLER = (" The weather had been mild all week, and the town was quiet. People walked to work, the shops opened"
+          " late, and the river ran slowly past the old mill where children liked to play after school.")
+
+
+def long_inputs(lm, ids, mask, metric, length: int):
+    """Each prompt (real tokens only) left-filled with FILLER tokens to exactly ``length`` tokens."""
+    from headmine.causal.metrics import AnswerMetric
+
+    filler = lm.tokenizer(FILLER * 20, add_special_tokens=False)["input_ids"]
+    rows = []
+    for b in range(ids.shape[0]):
+        real = ids[b, : int(mask[b].sum())].tolist()
+        if len(real) > length:
+            raise SystemExit(f"prompt {b} has {len(real)} tokens, more than --length {length}")
+        rows.append(filler[: length - len(real)] + real)
+    long_ids = torch.tensor(rows)
+    end = torch.full((ids.shape[0],), length - 1, dtype=torch.long)
+    return long_ids, torch.ones_like(long_ids), AnswerMetric(kind=metric.kind, end_pos=end, target_id=metric.target_id, wrong_id=metric.wrong_id)
+
+
+def exact(lm, ids, mask, metric, heads):
+    """headmine's exact fast sweep (``ablation_sweep``, prefix cache) on ``heads``."""
+    res = ablation_sweep(lm, ids, mask, metric, heads=heads, mode="zero")
+    return {h: res.values[h.layer, h.head] for h in heads}
+
+
+METHODS = {"exact": exact, "naive": naive, "transformer_lens": transformer_lens, "nnsight": nnsight_loop}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--sample", type=int, default=12)
-    ap.add_argument("--full", action="store_true")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--size", choices=("ioi", "16x128"), default="ioi")
+    ap.add_argument("--n", type=int, default=8, help="prompts at --size ioi (16x128 always uses 16)")
+    ap.add_argument("--heads", choices=("full", "layer"), default="full")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lm = load_model("smollm2")
     g = lm.geometry
     method = get_method("ablation")
-    inp = prepare_inputs(lm, method, method.config(task="ioi", n=args.n))
+    n = 16 if args.size == "16x128" else args.n
+    inp = prepare_inputs(lm, method, method.config(task="ioi", n=n))
     ids, mask, metric = inp.clean_ids, inp.clean_mask, inp.metric
+    if args.size == "16x128":
+        ids, mask, metric = long_inputs(lm, ids, mask, metric, 128)
     all_heads = g.heads()
-    step = max(1, len(all_heads) // args.sample)
-    sample = all_heads if args.full else all_heads[::step][: args.sample]
-    report: dict = {"prompts": args.n, "tokens": list(ids.shape), "heads_total": len(all_heads), "heads_sampled": len(sample)}
-
-    t = time.perf_counter()
-    fast = ablation_sweep(lm, ids, mask, metric, mode="zero")
-    report["exact_sweep_all_heads_s"] = time.perf_counter() - t
-    ref = {h: fast.values[h.layer, h.head] for h in sample}
-
-    peers = {"naive": naive, "transformer_lens": transformer_lens, "nnsight": nnsight_loop}
-    for name, fn in peers.items():
-        try:
-            t = time.perf_counter()
-            vals = fn(lm, ids, mask, metric, sample)
-            dt = time.perf_counter() - t
-            report[f"{name}_sampled_s"] = dt
-            report[f"{name}_all_heads_s_est"] = dt / len(sample) * len(all_heads)
-            report[f"{name}_max_abs_diff"] = max(float((vals[h].cpu().float() - ref[h]).abs().max()) for h in sample)
-            report[f"speedup_vs_{name}"] = report[f"{name}_all_heads_s_est"] / report["exact_sweep_all_heads_s"]
-        except Exception as err:  # a peer that cannot run here is reported, not hidden
-            report[f"{name}_error"] = f"{type(err).__name__}: {err}"[:500]
-        print(json.dumps(report, indent=1), flush=True)
-    if "naive_all_heads_s_est" in report:
-        report["exact_over_naive_time"] = report["exact_sweep_all_heads_s"] / report["naive_all_heads_s_est"]
+    heads = all_heads if args.heads == "full" else [h for h in all_heads if h.head == h.layer % g.n_heads]
+    scale = len(all_heads) / len(heads)
+    names = [m for m in args.methods.split(",") if m]
+    report: dict = {"size": args.size, "tokens": list(ids.shape), "heads_total": len(all_heads),
+                    "heads_run": len(heads), "rounds": args.rounds, "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "times_s": {m: [] for m in names}, "errors": {}, "max_abs_diff": {}}
+    ref = None
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            if name in report["errors"]:
+                continue
+            try:
+                t = time.perf_counter()
+                vals = METHODS[name](lm, ids, mask, metric, heads)
+                dt = time.perf_counter() - t
+            except Exception as err:  # a peer that cannot run here is reported, not hidden
+                report["errors"][name] = f"{type(err).__name__}: {err}"[:500]
+                continue
+            report["times_s"][name].append(dt * scale)
+            if name == "exact" and ref is None:
+                ref = vals
+            if ref is not None and name != "exact":
+                diff = max(float((vals[h].cpu().float() - ref[h]).abs().max()) for h in heads)
+                report["max_abs_diff"][name] = max(diff, report["max_abs_diff"].get(name, 0.0))
+            print(f"round {r} {name}: {dt:.1f} s on {len(heads)} heads ({dt * scale:.1f} s for all)", flush=True)
+    med = {m: statistics.median(v) for m, v in report["times_s"].items() if v}
+    report["median_all_heads_s"] = med
+    if "exact" in med:
+        report["speedup_of_exact"] = {m: med[m] / med["exact"] for m in med if m != "exact"}
     print(json.dumps(report, indent=1))
     if args.out:
         with open(args.out, "w") as f:

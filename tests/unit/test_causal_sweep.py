@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from headmine.causal.ablation import ablation_sweep
+from headmine.causal.engine import run_with_interventions
+from headmine.causal.fast_sweep import PrefixCache, RowwiseReplace, Variant, sweep_variants
 from headmine.causal.metrics import AnswerMetric
 from tests.tiny_models import VOCAB, tiny_model
 
@@ -43,3 +45,30 @@ def test_metric_kinds() -> None:
     assert p.shape == (4,)
     assert torch.allclose(p[2], torch.softmax(logits[2, 2], -1)[3])
     assert torch.allclose(p[1], torch.softmax(logits[1, 1], -1)[4])
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "gemma3-mqa"])
+@pytest.mark.parametrize("max_rows", [2, 512])
+def test_staggered_waves_per_length_equal_one_forward_per_variant(family: str, max_rows: int) -> None:
+    """Per-position variants over prompts of three lengths (grouped by length, layers joining one running
+    batch) give what one full forward with the same replacement gives, also at a position past a short
+    prompt's end (a pad: nothing changes)."""
+    lm = tiny_model(family)
+    g = lm.geometry
+    ids, mask, metric = _inputs(b=4, t=7, seed=3)
+    mask[1, -3:] = 0
+    metric = AnswerMetric(kind=metric.kind, end_pos=mask.sum(1) - 1, target_id=metric.target_id, wrong_id=metric.wrong_id)
+    gen = torch.Generator().manual_seed(1)
+    values = {layer: torch.randn(1, 4, 7, g.n_heads, g.d_head, generator=gen) for layer in range(g.n_layers)}
+    variants = [Variant(layer, head, pos) for layer in range(g.n_layers) for head in (0, g.n_heads - 1) for pos in (0, 4, 6)]
+    variants.append(Variant(g.n_layers - 1, -1))
+    cache = PrefixCache(lm, ids, mask)
+    assert [len(rows) for rows, _ in cache.length_groups()] == [1, 1, 2]
+    fast = sweep_variants(cache, metric, variants, lambda layer: values[layer], max_rows=max_rows)
+    for i, v in enumerate(variants):
+        one = torch.zeros(1, 1, 7, g.n_heads, dtype=torch.bool)
+        heads = slice(None) if v.head < 0 else v.head
+        one[0, 0, slice(None) if v.position is None else v.position, heads] = True
+        logits = run_with_interventions(lm, ids, mask, [RowwiseReplace(masks={v.layer: one}, values={v.layer: values[v.layer]})])
+        assert torch.allclose(fast[i], metric(logits), atol=1e-5), (v, fast[i], metric(logits))
+    assert (fast - metric(cache.logits)).abs().max() > 1e-2  # the replacements change the answer

@@ -93,6 +93,7 @@ class PrefixCache:
         self.batch = int(self.input_ids.shape[0])
         self.resid: dict[int, torch.Tensor] = {}  # layer -> its input hidden states [B, T, D]
         self.call_args: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}  # layer -> its other arguments
+        self._groups: list[tuple[torch.Tensor, PrefixCache]] | None = None
 
         def grab(i: int) -> Callable:
             def fn(module, args, kwargs):
@@ -111,11 +112,36 @@ class PrefixCache:
             out = loaded.model(input_ids=self.input_ids, attention_mask=self.attention_mask, use_cache=False)
         self.logits = out.logits
 
+    def length_groups(self) -> list[tuple[torch.Tensor, PrefixCache]]:
+        """The batch split by prompt length: ``(rows, cache)`` with each group's prompts cut to their length.
+
+        With right padding a pad position never changes a real one, so a sweep run per group computes the
+        same numbers without the pads' share of the work (IOI prompts of 15-20 tokens padded to 20 are 20%
+        pads). One clean forward per group builds its cache; a batch of one length (or any other padding)
+        is one group, this cache itself.
+        """
+        if self._groups is None:
+            lengths = self.attention_mask.sum(1)
+            t = self.input_ids.shape[1]
+            right_padded = bool((self.attention_mask == (torch.arange(t, device=lengths.device) < lengths[:, None])).all())
+            if not right_padded or int(lengths.min()) == t:
+                self._groups = [(torch.arange(self.batch), self)]
+            else:
+                self._groups = []
+                for n in sorted({int(x) for x in lengths.tolist()}):
+                    rows = torch.nonzero(lengths.cpu() == n).flatten()
+                    self._groups.append((rows, PrefixCache(self.loaded, self.input_ids[rows, :n], self.attention_mask[rows, :n])))
+        return self._groups
+
     def layer_call(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
         k = hidden.shape[0] // self.batch
         rest, kw = self.call_args[i]
         out = self.loaded.adapter.layer(i)(hidden, *_expand(rest, self.batch, k), **_expand(kw, self.batch, k))
         return out[0] if isinstance(out, tuple) else out
+
+    def metric_baseline(self, metric: AnswerMetric) -> torch.Tensor:
+        """``metric`` [B] of the clean run (on CPU)."""
+        return metric(self.logits).cpu()
 
     def unembed(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Final norm + unembedding (+ soft-cap) of ``hidden`` [R, T, D] at per-row ``positions`` [R] -> [R, V]."""
@@ -154,6 +180,12 @@ class PrefixCache:
 
 
 # --------------------------------------------------------------------------- generic sweep
+CPU_WAVE_TOKENS = 2048
+"""Tokens (rows x positions) per staggered wave on a CPU. Measured on SmolLM2 (2 cores, bench/bench_sweep.py):
+IOI [8, 15-20] ran 35-37 s with waves of 64-128 rows (~1-2k tokens) and 41 s with 256-512 rows; at [16, 128]
+waves of 512 rows took 93 s per 30 heads against 78 s for one variant (2,048 tokens) per wave: larger products
+spill the activations out of the caches. A GPU has no such cap (``max_rows`` alone)."""
+
 @dataclass(frozen=True)
 class Variant:
     """One sweep variant: a head (or ``head=-1`` for every head of the layer) at ``positions``."""
@@ -175,19 +207,117 @@ def sweep_variants(
     """Metric [n_variants, B] with each variant's z replaced by ``value_for(layer)``.
 
     ``value_for(layer)`` returns values broadcastable to [k, B, T, H, d_head] (e.g. [1, B, T, H, d]).
-    ``extra(layer, k)`` may add further (mask, values) pairs for later layers (path patching freezes).
-    Variants are grouped by layer and run ``max_rows // B`` at a time from that layer's cached input.
+    ``extra(layer, k)`` may add further (mask, values) pairs for later layers (path patching freezes);
+    such sweeps run layer by layer (``_sweep_by_layer``). All others run per prompt length
+    (``PrefixCache.length_groups``) in staggered waves (``_sweep_staggered``): the same numbers, without
+    the pads' work and in larger matrix products.
     """
     g = cache.loaded.geometry
-    b, t = cache.batch, cache.input_ids.shape[1]
-    out = torch.empty(len(variants), b)
-    by_layer: dict[int, list[int]] = {}
-    for i, v in enumerate(variants):
+    t = cache.input_ids.shape[1]
+    for v in variants:
         g.check_layer(v.layer)
         if v.head >= 0:
             g.check_head(v.layer, v.head)
         if v.position is not None and not 0 <= v.position < t:
             raise InputError(f"position {v.position} outside the {t}-token prompts")
+    if extra is not None:
+        return _sweep_by_layer(cache, metric, variants, value_for, max_rows, extra)
+    groups = cache.length_groups()
+    if len(groups) == 1:
+        return _sweep_staggered(cache, metric, variants, value_for, max_rows)
+    out = torch.empty(len(variants), cache.batch)
+    for rows, sub in groups:
+        n = sub.input_ids.shape[1]
+        sub_metric = AnswerMetric(kind=metric.kind, end_pos=metric.end_pos[rows], target_id=metric.target_id[rows],
+                                  wrong_id=None if metric.wrong_id is None else metric.wrong_id[rows])
+        kept = [v if v.position is None or v.position < n else None for v in variants]  # a pad position changes nothing
+        live = [i for i, v in enumerate(kept) if v is not None]
+        res = _sweep_staggered(sub, sub_metric, [variants[i] for i in live],
+                               lambda layer, rows=rows, n=n: _rows_of(value_for(layer), rows, n, cache.batch, t), max_rows)
+        block = sub.metric_baseline(sub_metric)[None].expand(len(variants), -1).clone()
+        block[live] = res
+        out[:, rows] = block
+    return out
+
+
+def _rows_of(value: torch.Tensor, rows: torch.Tensor, n: int, batch: int, t: int) -> torch.Tensor:
+    """The part of a replacement value (broadcastable to [k, B, T, H, d]) for prompts ``rows`` cut to ``n`` tokens."""
+    if value.dim() < 4:
+        return value  # 0-dim, [H, d] or [T?, H, d] broadcasts unchanged only when it has no prompt axis
+    if value.dim() != 5:
+        raise InputError(f"a replacement value of shape {tuple(value.shape)} has no place in a per-prompt sweep",
+                         "give values broadcastable to [k, B, T, H, d_head]")
+    if value.shape[1] == batch and batch > 1:
+        value = value[:, rows.to(value.device)]
+    if value.shape[2] == t:
+        value = value[:, :, :n]
+    return value
+
+
+def _variant_mask(variants: Sequence[Variant], k: int, first: int, t: int, n_heads: int) -> torch.Tensor:
+    """Bool [k, 1, T, H]: row ``first + j`` selects variant ``j``'s head (all heads for -1) at its position(s)."""
+    mask = torch.zeros(k, 1, t, n_heads, dtype=torch.bool)
+    for j, v in enumerate(variants):
+        heads = slice(None) if v.head < 0 else v.head
+        if v.position is None:
+            mask[first + j, 0, :, heads] = True
+        else:
+            mask[first + j, 0, v.position, heads] = True
+    return mask
+
+
+def _sweep_staggered(cache: PrefixCache, metric: AnswerMetric, variants: Sequence[Variant],
+                     value_for: Callable[[int], torch.Tensor], max_rows: int) -> torch.Tensor:
+    """Variants in waves of up to ``max_rows`` rows, each wave one pass over the layers.
+
+    A wave starts at its first variant's layer; the variants of each later layer join the running batch at
+    their layer (copies of that layer's cached clean input), so one pass serves every layer of the wave and
+    the matrix products grow to ``max_rows`` rows instead of one layer's heads.
+    """
+    g = cache.loaded.geometry
+    b, t = cache.batch, cache.input_ids.shape[1]
+    out = torch.empty(len(variants), b)
+    order = sorted(range(len(variants)), key=lambda i: variants[i].layer)
+    per_wave = max(1, max_rows // b)
+    if cache.input_ids.device.type == "cpu":  # products past a few thousand tokens leave the CPU's caches
+        per_wave = min(per_wave, max(1, CPU_WAVE_TOKENS // (b * t)))
+    for start in range(0, len(order), per_wave):
+        wave = order[start:start + per_wave]
+        joining: dict[int, list[int]] = {}
+        for i in wave:
+            joining.setdefault(variants[i].layer, []).append(i)
+        masks: dict[int, torch.Tensor] = {}
+        values: dict[int, torch.Tensor] = {}
+        in_flight = 0
+        for layer, idx in sorted(joining.items()):
+            masks[layer] = _variant_mask([variants[i] for i in idx], in_flight + len(idx), in_flight, t, g.n_heads)
+            values[layer] = value_for(layer)
+            in_flight += len(idx)
+        first = min(joining)
+        hidden: torch.Tensor | None = None
+        with torch.no_grad(), intervening(cache.loaded, [RowwiseReplace(masks=masks, values=values)]):
+            for layer in range(first, g.n_layers):
+                if layer in joining:
+                    part = cache.resid[layer].repeat(len(joining[layer]), 1, 1)
+                    hidden = part if hidden is None else torch.cat([hidden, part])
+                assert hidden is not None
+                hidden = cache.layer_call(layer, hidden)
+            logits = cache.unembed(hidden, metric.end_pos.repeat(in_flight))
+        ran = [i for _, idx in sorted(joining.items()) for i in idx]
+        out[ran] = metric.from_end_logits(logits).view(in_flight, b).cpu()
+    return out
+
+
+def _sweep_by_layer(cache: PrefixCache, metric: AnswerMetric, variants: Sequence[Variant],
+                    value_for: Callable[[int], torch.Tensor], max_rows: int,
+                    extra: Callable[[int, int], Mapping[int, tuple[torch.Tensor, torch.Tensor]]]) -> torch.Tensor:
+    """Variants grouped by layer, ``max_rows // B`` at a time from that layer's cached input, with ``extra``
+    (mask, values) pairs for later layers per group."""
+    g = cache.loaded.geometry
+    b, t = cache.batch, cache.input_ids.shape[1]
+    out = torch.empty(len(variants), b)
+    by_layer: dict[int, list[int]] = {}
+    for i, v in enumerate(variants):
         by_layer.setdefault(v.layer, []).append(i)
     per_chunk = max(1, max_rows // b)
     for layer, idx in sorted(by_layer.items()):
@@ -195,19 +325,10 @@ def sweep_variants(
         for start in range(0, len(idx), per_chunk):
             chunk = idx[start:start + per_chunk]
             k = len(chunk)
-            mask = torch.zeros(k, 1, t, g.n_heads, dtype=torch.bool)
-            for j, vi in enumerate(chunk):
-                v = variants[vi]
-                heads = slice(None) if v.head < 0 else v.head
-                if v.position is None:
-                    mask[j, 0, :, heads] = True
-                else:
-                    mask[j, 0, v.position, heads] = True
-            masks = {layer: mask}
+            masks = {layer: _variant_mask([variants[i] for i in chunk], k, 0, t, g.n_heads)}
             values = {layer: value}
-            if extra is not None:
-                for lay, (m, val) in extra(layer, k).items():
-                    masks[lay], values[lay] = m, val
+            for lay, (m, val) in extra(layer, k).items():
+                masks[lay], values[lay] = m, val
             logits = cache.run_from(layer, k, interventions=[RowwiseReplace(masks=masks, values=values)],
                                     positions=metric.end_pos)
             out[chunk] = metric.from_end_logits(logits).view(k, b).cpu()
