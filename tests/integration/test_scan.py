@@ -139,3 +139,34 @@ def test_a_check_whose_task_cannot_be_built_is_skipped_with_a_note(toy):
     assert "syntactic_dependency" not in res.causal and "previous_token" in res.causal
     assert res.detector_scores("syntactic_dependency").value.notna().any()
     assert any("'syntactic_dependency': causal check skipped" in n and "agreement" in n for n in res.notes), res.notes
+
+
+def test_causal_checks_equal_one_forward_per_head_set(toy):
+    """The checks measure all sets of a task in one staggered sweep; each detector's top-k effect equals one
+    plain forward with its heads mean-ablated (the bookkeeping gives every detector its own set)."""
+    from headmine.capture import CaptureSpec, run_capture
+    from headmine.causal import Mean, run_with_interventions
+    from headmine.core.ids import HeadId, Site
+    from headmine.pipeline.causal_check import evaluation_of
+    from headmine.pipeline.results import CAUSAL_SEED_OFFSET
+
+    cfg = ScanConfig(detectors=("induction", "previous_token"), top_k=2, n_random=3, causal_n=4,
+                     probe_params={"repeated_tokens": {"n": 4, "seq_len": 12}})
+    res = scan_model(toy, cfg)
+    evaluation = evaluation_of("repeated_tokens")
+    ev = evaluation.build(toy.tokenizer, seed=cfg.seed + CAUSAL_SEED_OFFSET,
+                          **evaluation.kwargs(cfg.causal_n, res.probe_params.get("repeated_tokens")))
+    ids, mask = ev.batch.input_ids, ev.batch.attention_mask
+    ref = run_capture(toy, CaptureSpec(sites=frozenset({Site.Z}), keep_logits=True), ids, mask)
+    clean = ev.measure(ref.logits)
+    values = Mean.from_record(ref, toy.geometry.heads()).values
+    effects = {}
+    for name in ("induction", "previous_token"):
+        check = res.causal[name]
+        heads = tuple(HeadId.parse(h) for h in check.heads)
+        want = ev.measure(run_with_interventions(toy, ids, mask, [Mean(heads=heads, values=values)])) - clean
+        assert check.clean == pytest.approx(clean, abs=1e-5)
+        assert check.topk_effect == pytest.approx(want, abs=1e-4), (name, check.topk_effect, want)
+        effects[name] = want
+        assert len(check.random_effects) == 3
+    assert abs(effects["induction"] - effects["previous_token"]) > 1e-3  # two different sets, told apart

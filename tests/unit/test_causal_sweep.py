@@ -7,7 +7,8 @@ import torch
 
 from headmine.causal.ablation import ablation_sweep
 from headmine.causal.engine import run_with_interventions
-from headmine.causal.fast_sweep import PrefixCache, RowwiseReplace, Variant, sweep_variants
+from headmine.causal.fast_sweep import PrefixCache, RowwiseReplace, Variant, sweep_sets, sweep_variants
+from headmine.causal.interventions import Mean, PatchFrom
 from headmine.causal.metrics import AnswerMetric
 from tests.tiny_models import VOCAB, tiny_model
 
@@ -72,3 +73,29 @@ def test_staggered_waves_per_length_equal_one_forward_per_variant(family: str, m
         logits = run_with_interventions(lm, ids, mask, [RowwiseReplace(masks={v.layer: one}, values={v.layer: values[v.layer]})])
         assert torch.allclose(fast[i], metric(logits), atol=1e-5), (v, fast[i], metric(logits))
     assert (fast - metric(cache.logits)).abs().max() > 1e-2  # the replacements change the answer
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "gpt2-mha", "gemma3-mqa"])
+def test_head_sets_equal_one_forward_per_set(family: str) -> None:
+    """Sets of heads spread over layers (and an empty set), mean-ablated together at every position, or
+    patched at one position per prompt with the answer read there: what one forward per set gives."""
+    lm = tiny_model(family)
+    g = lm.geometry
+    ids, mask, metric = _inputs(b=3, t=7, seed=5)
+    gen = torch.Generator().manual_seed(2)
+    means = {layer: torch.randn(g.n_heads, g.d_head, generator=gen) for layer in range(g.n_layers)}
+    source = {layer: torch.randn(3, 7, g.n_heads, g.d_head, generator=gen) for layer in range(g.n_layers)}
+    heads = g.heads()
+    sets = [heads[i:i + 3] for i in range(0, len(heads), 2)] + [[], [heads[-1], heads[0]]]
+    cache = PrefixCache(lm, ids, mask)
+    full = sweep_sets(cache, sets, lambda layer: means[layer], lambda logits: logits, max_rows=6)
+    end = metric.end_pos
+    at_end = sweep_sets(cache, sets, lambda layer: source[layer][None], metric.from_end_logits, positions=end,
+                        readout_positions=end)
+    for i, hs in enumerate(sets):
+        want = run_with_interventions(lm, ids, mask, [Mean(heads=tuple(hs), values={h.layer: means[h.layer] for h in hs})])
+        assert torch.allclose(full[i], want, atol=1e-5), (i, (full[i] - want).abs().max())
+        want = run_with_interventions(lm, ids, mask, [PatchFrom(heads=tuple(hs), positions=end,
+                                                                source={h.layer: source[h.layer] for h in hs})])
+        assert torch.allclose(at_end[i], metric(want), atol=1e-5), (i, at_end[i], metric(want))
+    assert (full[0] - cache.logits).abs().max() > 1e-3

@@ -7,6 +7,11 @@ then calls layers ``l..L-1`` directly, followed by the adapter's readout (final 
 soft-cap) *at the prediction positions only*. Many variants (one per head, per head and position, ...) are stacked
 along the batch axis (variant-major: row ``v * B + b``) and run together.
 
+``sweep_variants`` runs single-head variants; ``sweep_sets`` runs sets of heads replaced together (a detector's
+top-k and random k-head draws). Both run in staggered waves: a wave starts at its earliest layer and each later
+layer's items join the running batch there, so every item runs exactly its own layers and the products are large.
+``sweep_variants`` also splits right-padded prompts by length, so no pad position is computed.
+
 Variants are applied with ``RowwiseReplace``, an ``Intervention`` of the one engine
 (``headmine.causal.engine.intervening``): per layer, a boolean site mask broadcastable to
 ``[k, B, T, H]`` and replacement values broadcastable to ``[k, B, T, H, d_head]``.
@@ -14,9 +19,9 @@ Variants are applied with ``RowwiseReplace``, an ``Intervention`` of the one eng
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -25,7 +30,10 @@ from headmine.causal.engine import intervening
 from headmine.causal.interventions import Intervention
 from headmine.causal.metrics import AnswerMetric
 from headmine.core.errors import InputError
+from headmine.core.ids import HeadId
 from headmine.models.loading import LoadedModel
+
+M = TypeVar("M")
 
 
 # --------------------------------------------------------------------------- the intervention
@@ -181,10 +189,10 @@ class PrefixCache:
 
 # --------------------------------------------------------------------------- generic sweep
 CPU_WAVE_TOKENS = 2048
-"""Tokens (rows x positions) per staggered wave on a CPU. Measured on SmolLM2 (2 cores, bench/bench_sweep.py):
-IOI [8, 15-20] ran 35-37 s with waves of 64-128 rows (~1-2k tokens) and 41 s with 256-512 rows; at [16, 128]
-waves of 512 rows took 93 s per 30 heads against 78 s for one variant (2,048 tokens) per wave: larger products
-spill the activations out of the caches. A GPU has no such cap (``max_rows`` alone)."""
+"""Tokens (rows x positions) per staggered wave on a CPU. Chosen on SmolLM2 (2 cores, single runs, not
+quiet-checked): IOI [8, 15-20] took 35-42 s with waves of 64-128 rows (~1-2k tokens) and 41 s with 256-512 rows;
+at [16, 128] waves of 512 rows took 93 s per 30 heads against 78 s for one variant (2,048 tokens) per wave:
+larger products spill the activations out of the caches. A GPU has no such cap (``max_rows`` alone)."""
 
 @dataclass(frozen=True)
 class Variant:
@@ -266,45 +274,136 @@ def _variant_mask(variants: Sequence[Variant], k: int, first: int, t: int, n_hea
     return mask
 
 
-def _sweep_staggered(cache: PrefixCache, metric: AnswerMetric, variants: Sequence[Variant],
-                     value_for: Callable[[int], torch.Tensor], max_rows: int) -> torch.Tensor:
-    """Variants in waves of up to ``max_rows`` rows, each wave one pass over the layers.
-
-    A wave starts at its first variant's layer; the variants of each later layer join the running batch at
-    their layer (copies of that layer's cached clean input), so one pass serves every layer of the wave and
-    the matrix products grow to ``max_rows`` rows instead of one layer's heads.
-    """
-    g = cache.loaded.geometry
+def _wave_size(cache: PrefixCache, max_rows: int) -> int:
+    """Items (each ``B`` rows) per staggered wave: ``max_rows`` rows, and on a CPU ``CPU_WAVE_TOKENS`` tokens."""
     b, t = cache.batch, cache.input_ids.shape[1]
-    out = torch.empty(len(variants), b)
-    order = sorted(range(len(variants)), key=lambda i: variants[i].layer)
     per_wave = max(1, max_rows // b)
     if cache.input_ids.device.type == "cpu":  # products past a few thousand tokens leave the CPU's caches
         per_wave = min(per_wave, max(1, CPU_WAVE_TOKENS // (b * t)))
+    return per_wave
+
+
+def _staggered_waves(
+    cache: PrefixCache,
+    first_layer: Sequence[int],
+    rows_mask: Callable[[Sequence[int], int], torch.Tensor | None],
+    value_for: Callable[[int], torch.Tensor],
+    max_rows: int,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Run items (variants, head sets) in waves; yield ``(items, hidden)`` per wave, ``hidden`` [len(items) * B,
+    T, D] leaving the last layer, item ``items[j]`` in rows ``j * B .. (j + 1) * B - 1``.
+
+    A wave starts at its earliest item's ``first_layer``; the items of each later layer join the running batch
+    at their layer (copies of that layer's cached clean input), so one pass serves every layer of the wave and
+    the matrix products grow to the wave's size instead of one layer's heads. ``rows_mask(in_flight, layer)``
+    gives the site mask [len(in_flight), 1 or B, T, H] of the items in flight at ``layer`` (None: no item
+    touches it); their replacement is ``value_for(layer)``.
+    """
+    g = cache.loaded.geometry
+    order = sorted(range(len(first_layer)), key=lambda i: first_layer[i])
+    per_wave = _wave_size(cache, max_rows)
     for start in range(0, len(order), per_wave):
-        wave = order[start:start + per_wave]
-        joining: dict[int, list[int]] = {}
-        for i in wave:
-            joining.setdefault(variants[i].layer, []).append(i)
+        wave = order[start:start + per_wave]  # sorted by first layer: the running batch's row order
+        first = first_layer[wave[0]]
         masks: dict[int, torch.Tensor] = {}
         values: dict[int, torch.Tensor] = {}
-        in_flight = 0
-        for layer, idx in sorted(joining.items()):
-            masks[layer] = _variant_mask([variants[i] for i in idx], in_flight + len(idx), in_flight, t, g.n_heads)
-            values[layer] = value_for(layer)
-            in_flight += len(idx)
-        first = min(joining)
+        for layer in range(first, g.n_layers):
+            in_flight = [i for i in wave if first_layer[i] <= layer]
+            mask = rows_mask(in_flight, layer)
+            if mask is not None:
+                masks[layer], values[layer] = mask, value_for(layer)
         hidden: torch.Tensor | None = None
         with torch.no_grad(), intervening(cache.loaded, [RowwiseReplace(masks=masks, values=values)]):
             for layer in range(first, g.n_layers):
-                if layer in joining:
-                    part = cache.resid[layer].repeat(len(joining[layer]), 1, 1)
+                joining = sum(1 for i in wave if first_layer[i] == layer)
+                if joining:
+                    part = cache.resid[layer].repeat(joining, 1, 1)
                     hidden = part if hidden is None else torch.cat([hidden, part])
                 assert hidden is not None
                 hidden = cache.layer_call(layer, hidden)
-            logits = cache.unembed(hidden, metric.end_pos.repeat(in_flight))
-        ran = [i for _, idx in sorted(joining.items()) for i in idx]
-        out[ran] = metric.from_end_logits(logits).view(in_flight, b).cpu()
+        assert hidden is not None
+        yield wave, hidden
+
+
+def _sweep_staggered(cache: PrefixCache, metric: AnswerMetric, variants: Sequence[Variant],
+                     value_for: Callable[[int], torch.Tensor], max_rows: int) -> torch.Tensor:
+    """Variants in staggered waves (``_staggered_waves``), the metric read at ``metric.end_pos``."""
+    g = cache.loaded.geometry
+    b, t = cache.batch, cache.input_ids.shape[1]
+    out = torch.empty(len(variants), b)
+
+    def rows_mask(in_flight: Sequence[int], layer: int) -> torch.Tensor | None:
+        here = [(j, variants[i]) for j, i in enumerate(in_flight) if variants[i].layer == layer]
+        if not here:
+            return None
+        mask = torch.zeros(len(in_flight), 1, t, g.n_heads, dtype=torch.bool)
+        for j, v in here:
+            mask[j, 0, slice(None) if v.position is None else v.position, slice(None) if v.head < 0 else v.head] = True
+        return mask
+
+    for wave, hidden in _staggered_waves(cache, [v.layer for v in variants], rows_mask, value_for, max_rows):
+        logits = cache.unembed(hidden, metric.end_pos.repeat(len(wave)))
+        out[wave] = metric.from_end_logits(logits).view(len(wave), b).cpu()
+    return out
+
+
+def sweep_sets(
+    cache: PrefixCache,
+    head_sets: Sequence[Sequence[HeadId]],
+    value_for: Callable[[int], torch.Tensor],
+    measure: Callable[[torch.Tensor], M],
+    *,
+    positions: torch.Tensor | None = None,
+    readout_positions: torch.Tensor | None = None,
+    max_rows: int = 512,
+) -> list[M]:
+    """``measure(logits)`` of each set of heads replaced together by ``value_for(layer)`` (e.g. the top-k heads
+    of a detector and k-head random draws, mean-ablated or patched at once).
+
+    ``positions``: LongTensor [B], one position per prompt where the replacement applies (None: every
+    position). ``logits`` are [B, T, V] at every position, or [B, V] at ``readout_positions`` [B] when given
+    (the unembedding of one position is ~1/8 of a SmolLM2 forward per position). Exactly what one forward per set with the
+    same intervention gives; the sets run from their earliest layer in staggered waves. An empty set
+    measures the clean run.
+    """
+    g = cache.loaded.geometry
+    b, t = cache.batch, cache.input_ids.shape[1]
+    for heads in head_sets:
+        for h in heads:
+            g.check_head(h.layer, h.head)
+    if positions is None:
+        sites = torch.ones(1, t, dtype=torch.bool)
+    else:
+        sites = torch.zeros(b, t, dtype=torch.bool)
+        sites[torch.arange(b), positions.cpu().long()] = True
+    by_layer = [{layer: [h.head for h in heads if h.layer == layer] for layer in {h.layer for h in heads}} for heads in head_sets]
+
+    def rows_mask(in_flight: Sequence[int], layer: int) -> torch.Tensor | None:
+        here = [(j, by_layer[i][layer]) for j, i in enumerate(in_flight) if layer in by_layer[i]]
+        if not here:
+            return None
+        mask = torch.zeros(len(in_flight), sites.shape[0], t, g.n_heads, dtype=torch.bool)
+        for j, heads in here:
+            mask[j][..., heads] = sites[..., None]
+        return mask
+
+    def logits_of(hidden: torch.Tensor) -> torch.Tensor:
+        if readout_positions is None:
+            with torch.no_grad():
+                return cache.loaded.adapter.readout(hidden)
+        return cache.unembed(hidden, readout_positions)
+
+    out: list[Any] = [None] * len(head_sets)
+    live = [i for i, heads in enumerate(head_sets) if heads]
+    clean = cache.logits if readout_positions is None else cache.logits[torch.arange(b), readout_positions.to(cache.logits.device)]
+    for i in range(len(head_sets)):
+        if not head_sets[i]:
+            out[i] = measure(clean)
+    first = [min(by_layer[i]) for i in live]
+    for wave, hidden in _staggered_waves(cache, first, lambda fl, layer: rows_mask([live[i] for i in fl], layer),
+                                         value_for, max_rows):
+        for j, i in enumerate(wave):
+            out[live[i]] = measure(logits_of(hidden[j * b:(j + 1) * b]))
     return out
 
 

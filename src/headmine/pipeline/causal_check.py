@@ -25,6 +25,7 @@ import torch
 
 from headmine.capture import CaptureSpec, run_capture
 from headmine.causal import Mean, PatchFrom, run_with_interventions
+from headmine.causal.fast_sweep import PrefixCache, sweep_sets
 from headmine.core.errors import TaskError
 from headmine.core.ids import HeadId, Site
 from headmine.core.tables import SCORE_COLUMNS, scores_frame
@@ -114,31 +115,34 @@ def run_causal_checks(lm: LoadedModel, result: ScanResult, *, progress: Progress
         values = Mean.from_record(ref, all_heads).values
         del ref
 
-        def effect(heads: list[HeadId], ids: torch.Tensor = ids, mask: torch.Tensor = mask, values: Any = values,
-                   measure: Callable[[torch.Tensor], float] = ev.measure, clean: float = clean) -> float:
-            logits = run_with_interventions(lm, ids, mask, [Mean(heads=tuple(heads), values=values)])
-            return measure(logits) - clean
+        cache = PrefixCache(lm, ids, mask)
+
+        def effects(sets: list[list[HeadId]], cache: PrefixCache = cache, values: Any = values,
+                    measure: Callable[[torch.Tensor], float] = ev.measure, clean: float = clean) -> list[float]:
+            """Each set mean-ablated together (one staggered sweep for all sets): measure minus clean."""
+            return [m - clean for m in sweep_sets(cache, sets, lambda layer: values[layer], measure)]
 
         rng = random.Random(cfg.seed + 7)
         tops = {d.name: head_ids(result.top(d.name, k)) for d in dets}
         excluded = {h for hs in tops.values() for h in hs}
         pool = [h for h in all_heads if h not in excluded]
-        shared: list[float] | None = None
-        if len(pool) >= k:
-            shared = [effect(rng.sample(pool, k)) for _ in range(cfg.n_random)]
-        done += cfg.n_random + 1
+        # every set is drawn first, in the order the draws always had, then all are measured in one sweep
+        shared_sets = [rng.sample(pool, k) for _ in range(cfg.n_random)] if len(pool) >= k else None
+        own_sets: dict[str, list[list[HeadId]]] = {}
+        for d in dets:
+            if shared_sets is None:  # few heads: draw outside this detector's own top-k
+                own = [h for h in all_heads if h not in tops[d.name]]
+                own_sets[d.name] = [rng.sample(own, min(k, len(own))) for _ in range(cfg.n_random)]
+        sets = list(shared_sets or []) + [s for d in dets for s in [*own_sets.get(d.name, []), tops[d.name]]]
+        measured = iter(effects(sets))
+        shared = [next(measured) for _ in shared_sets] if shared_sets is not None else None
+        done += cfg.n_random + 1 + len(dets)
         if progress:
             progress("causal", done, total)
         for d in dets:
             assert d.causal is not None
-            random_effects = shared
-            if random_effects is None:  # few heads: draw outside this detector's own top-k
-                own = [h for h in all_heads if h not in tops[d.name]]
-                random_effects = [effect(rng.sample(own, min(k, len(own)))) for _ in range(cfg.n_random)]
-            top_effect = effect(tops[d.name])
-            done += 1
-            if progress:
-                progress("causal", done, total)
+            random_effects = shared if shared is not None else [next(measured) for _ in own_sets[d.name]]
+            top_effect = next(measured)
             check = CausalCheck(detector=d.name, metric=evaluation.metric, heads=[str(h) for h in tops[d.name]],
                                 k=len(tops[d.name]), clean=clean, topk_effect=top_effect,
                                 random_effects=random_effects, expected_sign=d.causal.expected_sign)
@@ -154,12 +158,11 @@ def run_causal_checks(lm: LoadedModel, result: ScanResult, *, progress: Progress
                 others = [h for h in all_heads if h not in excluded and h not in dormant]
                 if dormant and len(others) >= len(dormant):
                     # no harm expected: ablating the dormant heads costs no more than as many random heads
+                    draws = [rng.sample(others, len(dormant)) for _ in range(cfg.n_random)]
+                    dormant_effect, *random_effects = effects([dormant, *draws])
                     check = CausalCheck(detector=DORMANT_METHOD, metric=evaluation.metric,
                                         heads=[str(h) for h in dormant], k=len(dormant), clean=clean,
-                                        topk_effect=effect(dormant),
-                                        random_effects=[effect(rng.sample(others, len(dormant)))
-                                                        for _ in range(cfg.n_random)],
-                                        expected_sign=0)
+                                        topk_effect=dormant_effect, random_effects=random_effects, expected_sign=0)
                     out.checks[DORMANT_METHOD] = check
                     rows.extend(check_rows(check, len(ev.batch)))
     if rows:

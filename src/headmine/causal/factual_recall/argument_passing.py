@@ -38,7 +38,6 @@ from typing import Any
 import torch
 
 from headmine.capture import CaptureSpec, run_capture
-from headmine.causal import PatchFrom, run_with_interventions
 from headmine.causal.attribution_patching import attribution_patching
 from headmine.causal.factual_recall.common import (
     as_list,
@@ -48,6 +47,7 @@ from headmine.causal.factual_recall.common import (
     rows_at,
     written_heads,
 )
+from headmine.causal.fast_sweep import PrefixCache, sweep_sets
 from headmine.causal.metrics import AnswerMetric
 from headmine.causal.path_patching import path_patching
 from headmine.core.errors import TaskError
@@ -256,18 +256,23 @@ def _set_check(lm: LoadedModel, clean: TokenBatch, other: torch.Tensor, z_r: dic
     end, tgt = clean.meta["end_pos"], clean.meta["target_id"]
     width = clean.input_ids.shape[1]
 
-    def total_effect(heads: list[HeadId]) -> torch.Tensor:
-        """Per prompt [B]: the share of the mean swap effect that patching ``heads`` carries."""
-        src = {layer: _full_len(z_r[layer], end, width) for layer in {h.layer for h in heads}}
-        logits = run_with_interventions(lm, clean.input_ids, clean.attention_mask,
-                                        [PatchFrom(heads=tuple(heads), positions=end, source=src)])
-        return (_logit_diff(logits, end, tgt, other) - ld_c).float().cpu() / denom
+    cache = PrefixCache(lm, clean.input_ids, clean.attention_mask)
+    source = {layer: _full_len(z_r[layer], end, width)[None] for layer in range(g.n_layers)}
+
+    def share(end_logits: torch.Tensor) -> torch.Tensor:
+        """Per prompt [B]: the share of the mean swap effect that a patched set carries."""
+        ar = torch.arange(end_logits.shape[0], device=end_logits.device)
+        x = end_logits.float()
+        ld = x[ar, tgt.to(x.device)] - x[ar, other.to(x.device)]
+        return (ld.cpu() - ld_c.float().cpu()) / denom
 
     k = len(top)
     rng = random.Random(seed)
     rest = [HeadId(m, h) for m in range(g.n_layers) for h in range(g.n_heads) if HeadId(m, h) not in top]
-    top_eff = total_effect(top)
-    rand = [total_effect(rng.sample(rest, k)) for _ in range(n_random)] if len(rest) >= k else []
+    draws = [rng.sample(rest, k) for _ in range(n_random)] if len(rest) >= k else []
+    # every set patched together from the corrupted run at END, all sets in one staggered sweep
+    top_eff, *rand = sweep_sets(cache, [top, *draws], lambda layer: source[layer], share, positions=end,
+                                readout_positions=end)
     rand_mean = torch.stack(rand).mean(0) if rand else torch.full_like(top_eff, float("nan"))
     diff = bootstrap_ci(top_eff - rand_mean, seed=seed)
     return {"k": k, "top_heads": [str(h) for h in top], "top_k_effect": float(top_eff.mean()),
