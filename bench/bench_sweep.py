@@ -114,6 +114,31 @@ def exact(lm, ids, mask, metric, heads):
     return {h: res.values[h.layer, h.head] for h in heads}
 
 
+def compute_bound(lm, ids, mask, metric, repeats: int = 3) -> dict:
+    """The fastest any exact per-head sweep can be against one full forward per head: times (best of
+    ``repeats``) of a plain forward, of the decoder body alone and of the sweep running all layers for one
+    variant, and the ratio (body + unembedding) / (body x mean share of layers after the ablated head)."""
+    from headmine.causal.fast_sweep import PrefixCache
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    cache = PrefixCache(lm, ids, mask)
+    n_layers = lm.geometry.n_layers
+    with torch.no_grad():
+        forward = best(lambda: lm.model(input_ids=ids, attention_mask=mask, use_cache=False))
+        sweep_all_layers = best(lambda: cache.run_from(0, 1, positions=metric.end_pos))
+    mean_share = sum(n_layers - layer for layer in range(n_layers)) / n_layers / n_layers
+    return {"plain_forward_s": forward, "sweep_all_layers_s": sweep_all_layers,
+            "unembedding_all_positions_s": forward - sweep_all_layers,
+            "bound_ratio": forward / (sweep_all_layers * mean_share)}
+
+
 METHODS = {"exact": exact, "naive": naive, "transformer_lens": transformer_lens, "nnsight": nnsight_loop}
 
 
@@ -126,6 +151,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, all cores)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--bound", action="store_true", help="only measure the compute bound (compute_bound) and exit")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,6 +163,9 @@ def main() -> None:
     ids, mask, metric = inp.clean_ids, inp.clean_mask, inp.metric
     if args.size == "16x128":
         ids, mask, metric = long_inputs(lm, ids, mask, metric, 128)
+    if args.bound:
+        print(json.dumps({"size": args.size, "tokens": list(ids.shape), **compute_bound(lm, ids, mask, metric)}, indent=1))
+        return
     all_heads = g.heads()
     heads = all_heads if args.heads == "full" else [h for h in all_heads if h.head == h.layer % g.n_heads]
     scale = len(all_heads) / len(heads)

@@ -240,8 +240,10 @@ def sweep_variants(
                                   wrong_id=None if metric.wrong_id is None else metric.wrong_id[rows])
         kept = [v if v.position is None or v.position < n else None for v in variants]  # a pad position changes nothing
         live = [i for i, v in enumerate(kept) if v is not None]
-        res = _sweep_staggered(sub, sub_metric, [variants[i] for i in live],
-                               lambda layer, rows=rows, n=n: _rows_of(value_for(layer), rows, n, cache.batch, t), max_rows)
+        def group_value(layer: int, rows: torch.Tensor = rows, n: int = n) -> torch.Tensor:
+            return _rows_of(value_for(layer), rows, n, cache.batch, t)
+
+        res = _sweep_staggered(sub, sub_metric, [variants[i] for i in live], group_value, max_rows)
         block = sub.metric_baseline(sub_metric)[None].expand(len(variants), -1).clone()
         block[live] = res
         out[:, rows] = block

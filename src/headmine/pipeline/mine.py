@@ -147,20 +147,20 @@ def toolkit_task(lm: LoadedModel) -> str:
 def stage_costs(n_layers: int, n_heads: int, budget: Budget) -> dict[str, float]:
     """Each stage kind's cost in plain forwards of 8 x 64 tokens (``forward_seconds``); ``chg`` is per task.
 
-    Fitted to `mine --budget quick` on SmolLM2 (bench/bench_stage_costs.py, quiet run: 496 s;
-    bench/results/stage_costs.md) and scaled by what each stage's work grows with: layers, heads,
-    prompts, CHG updates x seeds x rows. The time estimate and bench/project_scale.py both use it.
+    Fitted to `mine --budget quick` on SmolLM2 (bench/bench_stage_costs.py, quiet run of 2026-12-03: 548 s;
+    bench/results/stage_costs.md; the scan grew with the detectors added since the first fit) and scaled by
+    what each stage's work grows with: layers, heads, prompts, CHG updates x seeds x rows. The time estimate and bench/project_scale.py both use it.
     """
     heads, n_tool = n_layers * n_heads, budget.toolkit_n
     chg = CHGConfig.preset_for(budget.chg_preset)  # updates x (forward + backward) x seeds x rows
     return {
-        "scan": (20 + 2.5 * n_layers) * budget.scan_probe_n / 8,
-        "ablation": 0.0188 * heads * n_tool,
-        "patching": 0.0168 * heads * n_tool,
+        "scan": (51 + 6.4 * n_layers) * budget.scan_probe_n / 8,
+        "ablation": 0.0145 * heads * n_tool,
+        "patching": 0.0148 * heads * n_tool,
         "attribution": 0.14 * n_tool,
         "dla": 0.045 * n_tool,
         "chg": sum(chg.updates) * budget.chg_seeds * min(chg.batch_size, budget.chg_n) / 8,
-        "factual": (20 + 0.18 * heads) * budget.factual_n / 8,
+        "factual": (15.4 + 0.138 * heads) * budget.factual_n / 8,
         "attention": 2.3,
     }
 
