@@ -99,3 +99,8 @@ def test_head_sets_equal_one_forward_per_set(family: str) -> None:
                                                                 source={h.layer: source[h.layer] for h in hs})])
         assert torch.allclose(at_end[i], metric(want), atol=1e-5), (i, at_end[i], metric(want))
     assert (full[0] - cache.logits).abs().max() > 1e-3
+    starts = {min(h.layer for h in hs) for hs in sets if hs}
+    lean = PrefixCache(lm, ids, mask, keep_layers=starts)  # only the layers where a set starts
+    assert set(lean.resid) == starts
+    again = sweep_sets(lean, sets, lambda layer: means[layer], lambda logits: logits, max_rows=6)
+    assert all(torch.equal(a, b) for a, b in zip(again, full, strict=True))

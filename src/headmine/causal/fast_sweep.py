@@ -19,7 +19,7 @@ Variants are applied with ``RowwiseReplace``, an ``Intervention`` of the one eng
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -90,7 +90,10 @@ def _no_cache(obj: Any) -> Any:
 class PrefixCache:
     """One clean forward pass, remembered so any suffix of the layer stack can be rerun exactly."""
 
-    def __init__(self, loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 *, keep_layers: Iterable[int] | None = None) -> None:
+        """``keep_layers``: the layers whose input residual is kept (default all); a sweep can start only at
+        a kept layer. Keeping only the start layers of the items to sweep saves memory at long contexts."""
         g = loaded.geometry
         if loaded.adapter.unembedding() is None:
             raise InputError(f"{loaded.name} has no unembedding; this method needs a causal LM")
@@ -103,10 +106,13 @@ class PrefixCache:
         self.call_args: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}  # layer -> its other arguments
         self._groups: list[tuple[torch.Tensor, PrefixCache]] | None = None
 
+        keep = set(range(g.n_layers)) if keep_layers is None else set(keep_layers)
+
         def grab(i: int) -> Callable:
             def fn(module, args, kwargs):
                 hidden = args[0] if args else kwargs["hidden_states"]
-                self.resid[i] = hidden.detach()
+                if i in keep:
+                    self.resid[i] = hidden.detach()
                 rest = tuple(_no_cache(a) for a in args[1:])
                 kw = {key: _no_cache(v) for key, v in kwargs.items() if key != "hidden_states"}
                 if "use_cache" in kw:

@@ -115,11 +115,11 @@ def run_causal_checks(lm: LoadedModel, result: ScanResult, *, progress: Progress
         values = Mean.from_record(ref, all_heads).values
         del ref
 
-        cache = PrefixCache(lm, ids, mask)
-
-        def effects(sets: list[list[HeadId]], cache: PrefixCache = cache, values: Any = values,
+        def effects(sets: list[list[HeadId]], ids: torch.Tensor = ids, mask: torch.Tensor = mask, values: Any = values,
                     measure: Callable[[torch.Tensor], float] = ev.measure, clean: float = clean) -> list[float]:
-            """Each set mean-ablated together (one staggered sweep for all sets): measure minus clean."""
+            """Each set mean-ablated together (one staggered sweep for all sets): measure minus clean. The
+            prefix cache keeps only the layers where a set starts, and lives only for this call."""
+            cache = PrefixCache(lm, ids, mask, keep_layers={min(h.layer for h in s) for s in sets if s})
             return [m - clean for m in sweep_sets(cache, sets, lambda layer: values[layer], measure)]
 
         rng = random.Random(cfg.seed + 7)

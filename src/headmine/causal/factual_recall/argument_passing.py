@@ -256,7 +256,6 @@ def _set_check(lm: LoadedModel, clean: TokenBatch, other: torch.Tensor, z_r: dic
     end, tgt = clean.meta["end_pos"], clean.meta["target_id"]
     width = clean.input_ids.shape[1]
 
-    cache = PrefixCache(lm, clean.input_ids, clean.attention_mask)
     source = {layer: _full_len(z_r[layer], end, width)[None] for layer in range(g.n_layers)}
 
     def share(end_logits: torch.Tensor) -> torch.Tensor:
@@ -271,7 +270,9 @@ def _set_check(lm: LoadedModel, clean: TokenBatch, other: torch.Tensor, z_r: dic
     rest = [HeadId(m, h) for m in range(g.n_layers) for h in range(g.n_heads) if HeadId(m, h) not in top]
     draws = [rng.sample(rest, k) for _ in range(n_random)] if len(rest) >= k else []
     # every set patched together from the corrupted run at END, all sets in one staggered sweep
-    top_eff, *rand = sweep_sets(cache, [top, *draws], lambda layer: source[layer], share, positions=end,
+    sets = [top, *draws]
+    cache = PrefixCache(lm, clean.input_ids, clean.attention_mask, keep_layers={min(h.layer for h in s) for s in sets if s})
+    top_eff, *rand = sweep_sets(cache, sets, lambda layer: source[layer], share, positions=end,
                                 readout_positions=end)
     rand_mean = torch.stack(rand).mean(0) if rand else torch.full_like(top_eff, float("nan"))
     diff = bootstrap_ci(top_eff - rand_mean, seed=seed)
