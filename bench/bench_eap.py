@@ -24,7 +24,6 @@ import torch
 from headmine.causal.edge_attribution.method import (
     EdgeAttributionConfig,
     forward_backward_seconds,
-    split_metric,
 )
 from headmine.causal.edge_attribution.scores import edge_scores
 from headmine.causal.methods import get_method
@@ -57,7 +56,7 @@ def bench(model: str, n: int, steps: int, edges: str) -> dict[str, Any]:
     config = EdgeAttributionConfig(task="ioi", n=n, steps=steps, edges=edges)
     inputs = prepare_inputs(lm, get_method("eap"), config)
     idx = torch.arange(0, n, 2)
-    ids, mask, metric = inputs.clean_ids[idx], inputs.clean_mask[idx], split_metric(inputs.metric, idx)
+    ids, mask, metric = inputs.clean_ids[idx], inputs.clean_mask[idx], inputs.metric.select(idx)
     assert inputs.corrupted_ids is not None and inputs.corrupted_mask is not None
     rid, rmask = inputs.corrupted_ids[idx], inputs.corrupted_mask[idx]
     unit = []

@@ -153,10 +153,6 @@ class PrefixCache:
         out = self.loaded.adapter.layer(i)(hidden, *_expand(rest, self.batch, k), **_expand(kw, self.batch, k))
         return out[0] if isinstance(out, tuple) else out
 
-    def metric_baseline(self, metric: AnswerMetric) -> torch.Tensor:
-        """``metric`` [B] of the clean run (on CPU)."""
-        return metric(self.logits).cpu()
-
     def unembed(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Final norm + unembedding (+ soft-cap) of ``hidden`` [R, T, D] at per-row ``positions`` [R] -> [R, V]."""
         x = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions.to(hidden.device)]
@@ -242,15 +238,14 @@ def sweep_variants(
     out = torch.empty(len(variants), cache.batch)
     for rows, sub in groups:
         n = sub.input_ids.shape[1]
-        sub_metric = AnswerMetric(kind=metric.kind, end_pos=metric.end_pos[rows], target_id=metric.target_id[rows],
-                                  wrong_id=None if metric.wrong_id is None else metric.wrong_id[rows])
-        kept = [v if v.position is None or v.position < n else None for v in variants]  # a pad position changes nothing
-        live = [i for i, v in enumerate(kept) if v is not None]
+        sub_metric = metric.select(rows)
+        live = [i for i, v in enumerate(variants) if v.position is None or v.position < n]  # a pad changes nothing
+
         def group_value(layer: int, rows: torch.Tensor = rows, n: int = n) -> torch.Tensor:
             return _rows_of(value_for(layer), rows, n, cache.batch, t)
 
         res = _sweep_staggered(sub, sub_metric, [variants[i] for i in live], group_value, max_rows)
-        block = sub.metric_baseline(sub_metric)[None].expand(len(variants), -1).clone()
+        block = sub_metric(sub.logits).cpu()[None].expand(len(variants), -1).clone()
         block[live] = res
         out[:, rows] = block
     return out
@@ -270,15 +265,11 @@ def _rows_of(value: torch.Tensor, rows: torch.Tensor, n: int, batch: int, t: int
     return value
 
 
-def _variant_mask(variants: Sequence[Variant], k: int, first: int, t: int, n_heads: int) -> torch.Tensor:
-    """Bool [k, 1, T, H]: row ``first + j`` selects variant ``j``'s head (all heads for -1) at its position(s)."""
+def _variant_mask(placed: Sequence[tuple[int, Variant]], k: int, t: int, n_heads: int) -> torch.Tensor:
+    """Bool [k, 1, T, H]: for each ``(row, variant)``, the variant's head (all heads for -1) at its position(s)."""
     mask = torch.zeros(k, 1, t, n_heads, dtype=torch.bool)
-    for j, v in enumerate(variants):
-        heads = slice(None) if v.head < 0 else v.head
-        if v.position is None:
-            mask[first + j, 0, :, heads] = True
-        else:
-            mask[first + j, 0, v.position, heads] = True
+    for row, v in placed:
+        mask[row, 0, slice(None) if v.position is None else v.position, slice(None) if v.head < 0 else v.head] = True
     return mask
 
 
@@ -342,12 +333,7 @@ def _sweep_staggered(cache: PrefixCache, metric: AnswerMetric, variants: Sequenc
 
     def rows_mask(in_flight: Sequence[int], layer: int) -> torch.Tensor | None:
         here = [(j, variants[i]) for j, i in enumerate(in_flight) if variants[i].layer == layer]
-        if not here:
-            return None
-        mask = torch.zeros(len(in_flight), 1, t, g.n_heads, dtype=torch.bool)
-        for j, v in here:
-            mask[j, 0, slice(None) if v.position is None else v.position, slice(None) if v.head < 0 else v.head] = True
-        return mask
+        return _variant_mask(here, len(in_flight), t, g.n_heads) if here else None
 
     for wave, hidden in _staggered_waves(cache, [v.layer for v in variants], rows_mask, value_for, max_rows):
         logits = cache.unembed(hidden, metric.end_pos.repeat(len(wave)))
@@ -432,7 +418,7 @@ def _sweep_by_layer(cache: PrefixCache, metric: AnswerMetric, variants: Sequence
         for start in range(0, len(idx), per_chunk):
             chunk = idx[start:start + per_chunk]
             k = len(chunk)
-            masks = {layer: _variant_mask([variants[i] for i in chunk], k, 0, t, g.n_heads)}
+            masks = {layer: _variant_mask([(j, variants[i]) for j, i in enumerate(chunk)], k, t, g.n_heads)}
             values = {layer: value}
             for lay, (m, val) in extra(layer, k).items():
                 masks[lay], values[lay] = m, val

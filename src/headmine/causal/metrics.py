@@ -77,6 +77,11 @@ class AnswerMetric:
     def with_kind(self, kind: str) -> AnswerMetric:
         return AnswerMetric(kind=kind, end_pos=self.end_pos, target_id=self.target_id, wrong_id=self.wrong_id)
 
+    def select(self, rows: torch.Tensor | slice) -> AnswerMetric:
+        """The metric of prompts ``rows`` only (an index tensor or a slice)."""
+        return AnswerMetric(kind=self.kind, end_pos=self.end_pos[rows], target_id=self.target_id[rows],
+                            wrong_id=None if self.wrong_id is None else self.wrong_id[rows])
+
     def end_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """[R, T, V] -> [R, V] at each row's prediction position."""
         r = logits.shape[0]

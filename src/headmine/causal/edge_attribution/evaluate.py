@@ -21,7 +21,7 @@ import torch
 
 from headmine.causal.edge_attribution.forward import EdgeForward, PatchReader
 from headmine.causal.edge_attribution.graph import EdgeGraph, prune, top_edges
-from headmine.causal.edge_attribution.scores import graph_of, sub_metric, writes_of
+from headmine.causal.edge_attribution.scores import graph_of, writes_of
 from headmine.causal.metrics import AnswerMetric
 from headmine.models.loading import LoadedModel
 
@@ -37,7 +37,7 @@ class EdgePatcher:
         for start in range(0, n, batch_size):
             rows = slice(start, min(n, start + batch_size))
             corrupted, _ = writes_of(lm, self.graph, corrupted_ids[rows], corrupted_mask[rows])
-            self.batches.append((clean_ids[rows], clean_mask[rows], corrupted, sub_metric(metric, rows)))
+            self.batches.append((clean_ids[rows], clean_mask[rows], corrupted, metric.select(rows)))
 
     def metric_of(self, patch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Metric per prompt [B] with the edges of ``patch`` [U, V] (bool or weights) patched."""

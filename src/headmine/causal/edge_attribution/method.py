@@ -20,7 +20,7 @@ from headmine.capture.hooks import HookSpec, hooks
 from headmine.causal.edge_attribution.evaluate import EdgePatcher, curves, exact_check
 from headmine.causal.edge_attribution.forward import check_supported, work_dtype
 from headmine.causal.edge_attribution.graph import EdgeGraph
-from headmine.causal.edge_attribution.scores import edge_scores, graph_of, sub_metric
+from headmine.causal.edge_attribution.scores import edge_scores, graph_of
 from headmine.causal.methods import CausalInputs, CausalMethod, MethodConfig, register_method
 from headmine.causal.metrics import AnswerMetric
 from headmine.core.errors import InputError
@@ -70,11 +70,6 @@ class EdgeAttributionConfig(MethodConfig):
         return parse_sizes(self.edges)
 
 
-def split_metric(metric: AnswerMetric, idx: torch.Tensor) -> AnswerMetric:
-    return AnswerMetric(kind=metric.kind, end_pos=metric.end_pos[idx], target_id=metric.target_id[idx],
-                        wrong_id=None if metric.wrong_id is None else metric.wrong_id[idx])
-
-
 def _grad_input(module: Any, args: Any, kwargs: Any, output: torch.Tensor) -> torch.Tensor:
     """Forward hook: the embedding output as a leaf that requires grad (the backward then runs through
     every layer, as a real forward + backward does)."""
@@ -90,7 +85,7 @@ def forward_backward_seconds(lm: LoadedModel, ids: torch.Tensor, mask: torch.Ten
         rows = slice(s, s + batch_size)
         with torch.enable_grad(), hooks([HookSpec(lm.adapter.embedding(), "forward", _grad_input)]):
             out = lm.model(input_ids=ids[rows].to(lm.device), attention_mask=mask[rows].to(lm.device), use_cache=False)
-            sub_metric(metric, rows)(out.logits).sum().backward()
+            metric.select(rows)(out.logits).sum().backward()
     return time.perf_counter() - start
 
 
@@ -148,7 +143,7 @@ def run_edge_attribution(lm: LoadedModel, config: EdgeAttributionConfig, inputs:
         raise InputError(f"eap needs at least 2 prompts (half scored, half held out), got {n}", "use e.g. --n 16")
     scored, held = torch.arange(0, n, 2), torch.arange(1, n, 2)
     cid, cmask, rid, rmask = inputs.clean_ids, inputs.clean_mask, corrupted_ids, corrupted_mask
-    m_scored, m_held = split_metric(inputs.metric, scored), split_metric(inputs.metric, held)
+    m_scored, m_held = inputs.metric.select(scored), inputs.metric.select(held)
     graph = graph_of(lm)
     bs = config.batch_size
     t0 = time.perf_counter()

@@ -33,12 +33,6 @@ def graph_of(lm: LoadedModel) -> EdgeGraph:
     return EdgeGraph(g.n_layers, g.n_heads, g.n_kv_heads)
 
 
-def sub_metric(metric: AnswerMetric, rows: slice) -> AnswerMetric:
-    """The metric of prompts ``rows`` only."""
-    return AnswerMetric(kind=metric.kind, end_pos=metric.end_pos[rows], target_id=metric.target_id[rows],
-                        wrong_id=None if metric.wrong_id is None else metric.wrong_id[rows])
-
-
 def writes_of(lm: LoadedModel, graph: EdgeGraph, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(writes [B, T, U, d], logits) of a plain (unpatched) run, without gradients."""
     fwd = EdgeForward(lm, graph, PatchReader(torch.zeros(graph.n_senders, graph.n_receivers), torch.zeros(0)))
@@ -85,7 +79,7 @@ def edge_scores(lm: LoadedModel, clean_ids: torch.Tensor, clean_mask: torch.Tens
     n = clean_ids.shape[0]
     for start in range(0, n, batch_size):
         rows = slice(start, min(n, start + batch_size))
-        ids, mask, m = clean_ids[rows], clean_mask[rows], sub_metric(metric, rows)
+        ids, mask, m = clean_ids[rows], clean_mask[rows], metric.select(rows)
         corrupted, _ = writes_of(lm, graph, corrupted_ids[rows], corrupted_mask[rows])
         if steps == 0:
             grads, clean, _ = receiver_grads(lm, graph, ids, mask, m)
